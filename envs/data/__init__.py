@@ -1,0 +1,1 @@
+"""Data sets embedded in perpclip (see SOURCE.md in this folder)."""
