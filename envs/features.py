@@ -7,21 +7,16 @@ move.
 
 Features (columns of :attr:`MarketFeatures.values`, in this order, clipped to ``[-clip, clip]``):
 
-============
-=================================================================================================== name
-   definition at bar t
-============
-=================================================================================================== log_return
-   ``log(close_t / close_{t-1}) / sigma_{t-1}``: the return in units of the EWMA volatility of the
-              returns before it
-range         ``log(high_t / low_t) / sigma_{t-1}``: the bar's high-low range in the same units
-rel_volume    ``log(volume_t / mean(volume_{t-L..t-1}))``: volume relative to the mean of the previous ``L``
-bars funding_rate  the last settled funding rate at or before bar t, in basis points (1e-4 -> 1.0); 0 without
-data time_to_fund  time from bar t's close to the next settlement, as a fraction of the funding interval
-(settlements
-              on the UTC grid 00:00, 08:00, 16:00 for 8 h); 0 means a settlement falls in the next bar's open
-============
-===================================================================================================
+| name           | definition at bar t                                                                       |
+|----------------|-------------------------------------------------------------------------------------------|
+| `log_return`   | `log(close_t / close_{t-1}) / sigma_{t-1}`: the return in units of the EWMA volatility of |
+|                | the returns before it                                                                     |
+| `range`        | `log(high_t / low_t) / sigma_{t-1}`: the bar's high-low range in the same units           |
+| `rel_volume`   | `log(volume_t / mean(volume_{t-L..t-1}))`: volume relative to the previous `L` bars' mean |
+| `funding_rate` | the last settled funding rate at or before bar t, in basis points (1e-4 -> 1.0); 0 without|
+|                | funding data                                                                              |
+| `time_to_fund` | time from bar t's close to the next settlement, as a fraction of the funding interval     |
+|                | (settlements on the UTC grid 00:00, 08:00, 16:00 for 8 h); 0: one falls at the next open  |
 
 ``sigma_t`` is ``sqrt`` of an exponentially weighted mean (half-life ``vol_halflife`` bars, pandas
 ``adjust=True``, itself causal) of squared log returns up to bar t; :attr:`MarketFeatures.volatility` exposes
@@ -32,6 +27,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,9 +85,10 @@ class MarketFeatures:
         first_valid: first bar whose feature row is valid (= ``config.warmup``).
         names: column names.
         config: the settings used.
-        lists: the market's ``open, high, low, close, volume, funding_rate`` and ``volatility`` as Python
-            lists of floats, for the envs' scalar hot path (indexing a list is much cheaper than a numpy
-            element read).
+        lists: the market's ``open, high, low, close, volume, funding_rate`` and ``volatility`` as
+            ``array.array("d")`` copies, for the envs' scalar hot path: indexing one returns a Python float as
+            fast as a list does (much cheaper than a numpy element read), at 8 bytes a value instead of a
+            list's 32, and unlike a memoryview it pickles and deep-copies with the env.
     """
 
     values: np.ndarray
@@ -99,7 +96,7 @@ class MarketFeatures:
     first_valid: int
     names: tuple[str, ...]
     config: FeatureConfig
-    lists: dict[str, list[float]]
+    lists: dict[str, array]
 
 
 # One feature set per (market object, config): envs on one market share arrays instead of recomputing them.
@@ -175,13 +172,16 @@ def _compute(market: MarketData, cfg: FeatureConfig) -> MarketFeatures:
     values.flags.writeable = False
     sigma.flags.writeable = False
     lists = {
-        "open": market.open.tolist(),
-        "high": market.high.tolist(),
-        "low": market.low.tolist(),
-        "close": market.close.tolist(),
-        "volume": market.volume.tolist(),
-        "funding_rate": market.funding_rate.tolist(),
-        "volatility": sigma.tolist(),
+        name: array("d", np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        for name, arr in (
+            ("open", market.open),
+            ("high", market.high),
+            ("low", market.low),
+            ("close", market.close),
+            ("volume", market.volume),
+            ("funding_rate", market.funding_rate),
+            ("volatility", sigma),
+        )
     }
     return MarketFeatures(
         values=values, volatility=sigma, first_valid=first, names=FEATURE_NAMES, config=cfg, lists=lists
