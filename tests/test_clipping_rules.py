@@ -1,0 +1,258 @@
+"""The adaptive clippers follow their published update rules, step by step, on fixed norm sequences.
+
+Every expected value below is worked out by hand in the comments (the code line under each comment is the
+same arithmetic, so the float64 rounding matches); nothing is computed by calling ``clipping``.
+A chosen norm is fed as one float64 parameter whose gradient is ``[norm]``, so the global norm is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from clipping import make_clipper
+
+EPS = 1e-6  # clip_grad_norm_'s epsilon in the scale threshold / (norm + 1e-6)
+
+
+def feed(clipper, norm: float):
+    """Clip a one-element gradient of the given norm; return (stats, gradient after clipping)."""
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    p.grad = torch.tensor([norm], dtype=torch.float64)
+    stats = clipper.clip([p])
+    assert stats.grad_norm == norm
+    return stats, p.grad.item()
+
+
+def expect(clipper, norm, threshold, *, clipped, spike=False, skip=False):
+    stats, after = feed(clipper, norm)
+    assert stats.threshold == pytest.approx(threshold, rel=1e-12, abs=0.0), (norm, stats)
+    assert stats.clipped is clipped and stats.spike is spike and stats.skip is skip, stats
+    # Clipped gradients are scaled by threshold / (norm + 1e-6); others are untouched.
+    assert after == (pytest.approx(norm * threshold / (norm + EPS), rel=1e-12) if clipped else norm)
+
+
+# --------------------------------------------------------------------------------------- AutoClip
+def test_autoclip_paper_algorithm_1_appends_then_takes_the_percentile():
+    # quantile 0.75, window 3; linear interpolation at position q * (n - 1) of the sorted window.
+    c = make_clipper("autoclip", quantile=0.75, window=3, include_current=True)
+    # step 1: H = [1]            -> 1                                   ; 1 > 1? no
+    expect(c, 1.0, 1.0, clipped=False)
+    # step 2: H = [1, 3]         -> pos 0.75: 1 + 0.75 * (3 - 1) = 2.5   ; 3 > 2.5 -> clip to 2.5
+    expect(c, 3.0, 2.5, clipped=True)
+    # step 3: H = [1, 3, 2]      -> sorted [1, 2, 3], pos 1.5: 2 + 0.5 * 1 = 2.5 ; 2 -> no clip
+    expect(c, 2.0, 2.5, clipped=False)
+    # step 4: window drops the 1: H = [3, 2, 10] -> [2, 3, 10], pos 1.5: 3 + 0.5 * 7 = 6.5 ; clip 10
+    expect(c, 10.0, 6.5, clipped=True)
+    # step 5: H = [2, 10, 4]     -> [2, 4, 10], pos 1.5: 4 + 0.5 * 6 = 7 ; 4 -> no clip
+    expect(c, 4.0, 7.0, clipped=False)
+    # The history holds the PRE-clip norms (10, not 6.5).
+    assert c.history == [2.0, 10.0, 4.0]
+
+
+def test_autoclip_package_mode_uses_past_norms_only():
+    # autoclip.torch.QuantileClip(global_threshold=True): threshold from the history, then append.
+    c = make_clipper("autoclip", quantile=0.75, window=3, include_current=False)
+    # step 1: H = []             -> no threshold (inf)                 ; H <- [1]
+    expect(c, 1.0, math.inf, clipped=False)
+    # step 2: H = [1]            -> 1 ; 3 > 1 -> clip to 1              ; H <- [1, 3]
+    expect(c, 3.0, 1.0, clipped=True)
+    # step 3: H = [1, 3]         -> 1 + 0.75 * 2 = 2.5 ; 2 -> no clip    ; H <- [1, 3, 2]
+    expect(c, 2.0, 2.5, clipped=False)
+    # step 4: H = [1, 3, 2]      -> [1, 2, 3], pos 1.5: 2.5 ; clip 10    ; H <- [3, 2, 10]
+    expect(c, 10.0, 2.5, clipped=True)
+    # step 5: H = [3, 2, 10]     -> [2, 3, 10], pos 1.5: 3 + 3.5 = 6.5 ; 4 -> no clip
+    expect(c, 4.0, 6.5, clipped=False)
+    assert c.history == [2.0, 10.0, 4.0]
+
+
+def test_autoclip_paper_defaults_whole_history_tenth_percentile():
+    c = make_clipper("autoclip", quantile=0.1, window=None, include_current=True)
+    for norm in (5.0, 1.0, 4.0, 2.0):
+        feed(c, norm)
+    # H = [5, 1, 4, 2, 3] -> [1, 2, 3, 4, 5], pos 0.1 * 4 = 0.4: 1 + 0.4 * (2 - 1) = 1.4 ; 3 -> clip
+    expect(c, 3.0, 1.4, clipped=True)
+    # 100 more norms are all kept (window=None); with one more 10: sorted [1, 2, 3, 4, 5, 10 x 101],
+    # 106 entries, pos 0.1 * 105 = 10.5 -> between two 10s -> 10 ; 10 > 10? no
+    for _ in range(100):
+        feed(c, 10.0)
+    expect(c, 10.0, 10.0, clipped=False)
+    assert len(c.history) == 106
+
+
+def test_autoclip_quantile_agrees_with_torch_quantile_on_random_histories():
+    # linear interpolation "as torch.quantile / np.percentile" (one independent check with torch itself).
+    gen = torch.Generator().manual_seed(0)
+    values = (torch.rand(57, generator=gen, dtype=torch.float64) * 10).tolist()
+    for q in (0.0, 0.1, 0.37, 0.5, 0.9, 1.0):
+        c = make_clipper("autoclip", quantile=q, window=None, include_current=False)
+        for v in values:
+            feed(c, v)
+        stats, _ = feed(c, 1e9)
+        reference = torch.quantile(torch.tensor(values, dtype=torch.float64), q).item()
+        assert stats.threshold == pytest.approx(reference, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ ZClip
+# Warm-up on [1, 3]: mean = (1 + 3) / 2 = 2, var = ((1 - 2)^2 + (3 - 2)^2) / 2 = 1, std = 1.
+# alpha = 0.5, z_thresh = 2, so z = (g - 2) / (1 + 1e-6) and a spike is z > 2, i.e. g > ~4.
+def warmed(**kwargs):
+    c = make_clipper("zclip", alpha=0.5, z_thresh=2.0, warmup_steps=2, **kwargs)
+    cap = kwargs.get("max_grad_norm") or math.inf
+    expect(c, 1.0, cap, clipped=False)  # warm-up: no adaptive clipping
+    assert not c.initialized
+    expect(c, 3.0, cap, clipped=cap < 3.0)
+    assert c.initialized and c.mean == 2.0 and c.var == 1.0
+    return c
+
+
+def test_zclip_adaptive_scaling_warmup_then_ema():
+    c = warmed()
+    # step 3, g = 10: z = 8 / (1 + 1e-6) ~ 8 > 2 -> spike; eta = z / 2 ~ 4;
+    # threshold = mean + z_thresh * std / eta = 2 + 2 * 1 / 4 = 2.5 (exactly 2 + 4 * (1 + 1e-6) / 8)
+    z = (10.0 - 2.0) / (1.0 + 1e-6)
+    t3 = 2.0 + (2.0 * 1.0) / (z / 2.0)
+    assert t3 == pytest.approx(2.5000005, rel=1e-12)
+    expect(c, 10.0, t3, clipped=True, spike=True)
+    # EMA with the CLIPPED norm x = t3, variance against the UPDATED mean:
+    # mean = 0.5 * 2 + 0.5 * 2.5000005 = 2.25000025
+    # var = 0.5 * 1 + 0.5 * (2.5000005 - 2.25000025)^2 ~ 0.53125
+    m3 = 0.5 * 2.0 + 0.5 * t3
+    v3 = 0.5 * 1.0 + 0.5 * (t3 - m3) ** 2
+    assert c.mean == pytest.approx(2.25000025, rel=1e-12) and c.var == pytest.approx(0.53125006, rel=1e-7)
+    assert (c.mean, c.var) == (pytest.approx(m3, rel=1e-15), pytest.approx(v3, rel=1e-15))
+    # step 4, g = 3: z = (3 - 2.25) / (sqrt(0.53125) + 1e-6) ~ 1.03 <= 2 -> no spike, no threshold;
+    # EMA with g itself: mean = 0.5 * 2.25 + 1.5 = 2.625 ; var = 0.5 * 0.53125 + 0.5 * (3 - 2.625)^2 ~ 0.3359
+    expect(c, 3.0, math.inf, clipped=False)
+    m4 = 0.5 * m3 + 0.5 * 3.0
+    v4 = 0.5 * v3 + 0.5 * (3.0 - m4) ** 2
+    assert c.mean == pytest.approx(m4, rel=1e-15) and c.var == pytest.approx(v4, rel=1e-15)
+    assert c.var == pytest.approx(0.3359375, rel=1e-6)
+    # step 5, g = 6: z = (6 - 2.625) / (0.5796 + 1e-6) ~ 5.82 -> spike;
+    # threshold = 2.625 + 2 * 0.5796 / (5.82 / 2) ~ 3.0233
+    s4 = v4**0.5
+    z5 = (6.0 - m4) / (s4 + 1e-6)
+    t5 = m4 + (2.0 * s4) / (z5 / 2.0)
+    assert t5 == pytest.approx(3.0233, rel=1e-4)
+    expect(c, 6.0, t5, clipped=True, spike=True)
+
+
+def test_zclip_clip_factor_scales_the_adaptive_threshold():
+    c = warmed(clip_factor=0.8)
+    # threshold = (2 + 2 * 1 / (z / 2)) * 0.8 ~ 2.5 * 0.8 = 2.0
+    t3 = (2.0 + 2.0 / ((8.0 / (1.0 + 1e-6)) / 2.0)) * 0.8
+    assert t3 == pytest.approx(2.0, rel=1e-6)
+    expect(c, 10.0, t3, clipped=True, spike=True)
+    assert c.mean == pytest.approx(0.5 * 2.0 + 0.5 * t3, rel=1e-15)
+
+
+def test_zclip_mean_option_clips_to_the_ema_mean():
+    c = warmed(clip_option="mean")
+    # step 3, g = 10, spike -> threshold = mean = 2 ; EMA with x = 2: mean = 2, var = 0.5 * 1 + 0.5 * 0 = 0.5
+    expect(c, 10.0, 2.0, clipped=True, spike=True)
+    assert (c.mean, c.var) == (2.0, 0.5)
+    # step 4, g = 2.5: z = 0.5 / (0.7071 + 1e-6) ~ 0.71 -> no spike;
+    # mean = 0.5 * 2 + 0.5 * 2.5 = 2.25 ; var = 0.5 * 0.5 + 0.5 * (2.5 - 2.25)^2 = 0.28125
+    expect(c, 2.5, math.inf, clipped=False)
+    assert (c.mean, c.var) == (2.25, 0.28125)
+
+
+def test_zclip_percentile_mode_clips_to_mean_plus_z_std():
+    c = warmed(mode="percentile", clip_factor=0.5)  # clip_factor is unused in percentile mode (as in zclip)
+    # step 3: bound = 2 + 2 * 1 = 4 ; 10 > 4 -> clip to 4
+    # mean = 0.5 * 2 + 0.5 * 4 = 3 ; var = 0.5 + 0.5 * 1 = 1
+    expect(c, 10.0, 4.0, clipped=True, spike=True)
+    assert (c.mean, c.var) == (3.0, 1.0)
+    # step 4: bound = 3 + 2 = 5 ; 4.5 <= 5 -> no clip ; mean = 3.75 ; var = 0.5 + 0.5 * 0.75^2 = 0.78125
+    expect(c, 4.5, math.inf, clipped=False)
+    assert (c.mean, c.var) == (3.75, 0.78125)
+
+
+def test_zclip_max_grad_norm_caps_every_step_but_is_not_fed_back():
+    # The package: during warm-up clip_grad_norm_(max_grad_norm); afterwards the applied threshold is
+    # min(clip_val or g, max_grad_norm); the EMA is still updated with clip_val or g.
+    c = warmed(max_grad_norm=2.4)  # step 2 (g = 3 > 2.4) was clipped to 2.4 during warm-up...
+    assert c.mean == 2.0  # ...but the warm-up buffer got the pre-clip 3
+    # step 3, g = 10: clip_val = 2.5000005 (as above) -> applied min(2.5000005, 2.4) = 2.4
+    t3 = 2.0 + 4.0 * (1.0 + 1e-6) / 8.0
+    expect(c, 10.0, 2.4, clipped=True, spike=True)
+    assert c.mean == pytest.approx(0.5 * 2.0 + 0.5 * t3, rel=1e-15)  # fed with 2.5000005, not 2.4
+    # step 4, g = 2.45: no spike (z ~ 0.27) but above the cap -> clipped to 2.4, EMA fed with 2.45
+    m3 = 0.5 * 2.0 + 0.5 * t3
+    expect(c, 2.45, 2.4, clipped=True)
+    assert c.mean == pytest.approx(0.5 * m3 + 0.5 * 2.45, rel=1e-15)
+
+
+def test_zclip_skip_update_on_spike_keeps_statistics_and_flags_the_step():
+    c = warmed(skip_update_on_spike=True)
+    expect(c, 10.0, 2.0 + 4.0 * (1.0 + 1e-6) / 8.0, clipped=True, spike=True, skip=True)
+    assert (c.mean, c.var) == (2.0, 1.0)  # untouched
+    expect(c, 3.0, math.inf, clipped=False)  # calm step: updated as usual
+    assert (c.mean, c.var) == (2.5, 0.5 * 1.0 + 0.5 * 0.5**2)
+
+
+def test_zclip_matches_the_reference_package_on_a_long_sequence():
+    """The zclip package's update (bluorion-com/ZClip, ZClip.step), restated with its own operation order
+    on python floats, must give bit-identical mean/var/thresholds on a long noisy sequence with spikes."""
+    alpha, z_thresh, warmup, eps = 0.97, 2.5, 25, 1e-6
+    gen = torch.Generator().manual_seed(1)
+    norms = (1.0 + 0.2 * torch.randn(300, generator=gen, dtype=torch.float64)).abs().tolist()
+    for i in range(40, 300, 37):
+        norms[i] *= 15.0  # spikes
+    c = make_clipper("zclip")
+    buffer, mean, var, spikes = [], None, None, 0
+    for g in norms:
+        stats, _ = feed(c, g)
+        spikes += stats.spike
+        if mean is None:
+            buffer.append(g)
+            if len(buffer) >= warmup:
+                mean = sum(buffer) / len(buffer)
+                var = sum((x - mean) ** 2 for x in buffer) / len(buffer)
+            assert stats.threshold == math.inf
+            continue
+        std = var**0.5
+        z = (g - mean) / (std + eps)
+        clip_val = (mean + (z_thresh * std) / (z / z_thresh)) * 1.0 if z > z_thresh else None
+        assert stats.spike == (clip_val is not None)
+        assert stats.threshold == (clip_val if clip_val is not None else math.inf)
+        x = clip_val if clip_val is not None else g
+        mean = alpha * mean + (1 - alpha) * x
+        var = alpha * var + (1 - alpha) * (x - mean) ** 2
+        assert (c.mean, c.var) == (mean, var)
+    assert spikes >= 8  # the 8 planted spikes (at least) went through the spike branch
+
+
+# ------------------------------------------------------------------------------ quantile tracking
+def test_quantile_tracking_geometric_update():
+    # target 0.5, lr = 2 ln 2: exp(-lr * (b - 0.5)) = 2 after a clipped step (b = 0), 1/2 after an
+    # unclipped one (b = 1). C0 = 1.
+    lr = 2.0 * math.log(2.0)
+    c = make_clipper("quantile", target_quantile=0.5, lr=lr, initial=1.0)
+    # step 1: C = 1, g = 3 > 1 -> clip to 1 ; b = 0 -> C = 1 * 2 = 2
+    expect(c, 3.0, 1.0, clipped=True)
+    # step 2: C = 2, g = 0.5 <= 2 -> no clip ; b = 1 -> C = 2 / 2 = 1
+    expect(c, 0.5, 2.0, clipped=False)
+    # step 3: C = 1, g = 1 (boundary: b = 1 since g <= C) -> no clip ; C = 1 / 2 = 0.5
+    expect(c, 1.0, 1.0, clipped=False)
+    # step 4: C = 0.5, g = 1.5 -> clip to 0.5 ; C = 1
+    expect(c, 1.5, 0.5, clipped=True)
+    assert c.threshold == pytest.approx(1.0, rel=1e-12)
+    assert c.state_dict()["threshold"] == c.threshold
+
+
+def test_quantile_tracking_default_rates():
+    # target 0.9, lr 0.2: a clipped step multiplies C by exp(0.2 * 0.9) = exp(0.18) ~ 1.1972,
+    # an unclipped one by exp(-0.2 * 0.1) = exp(-0.02) ~ 0.9802.
+    c = make_clipper("quantile")
+    expect(c, 5.0, 1.0, clipped=True)
+    assert c.threshold == pytest.approx(math.exp(0.18), rel=1e-12)
+    expect(c, 0.1, math.exp(0.18), clipped=False)
+    assert c.threshold == pytest.approx(math.exp(0.18) * math.exp(-0.02), rel=1e-12)
+    # It settles where ~90% of the norms are below it: on norms 1..10 (uniform grid) it hovers near 9-10.
+    for i in range(3000):
+        feed(c, float(i % 10 + 1))
+    assert 8.0 < c.threshold < 11.0
