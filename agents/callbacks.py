@@ -1,0 +1,155 @@
+"""SB3 callbacks: clip statistics (``clip/…``), trading metrics per episode (``trade/…``), validation
+(``eval/…``).
+
+All values go through SB3's logger, so they land in the same TensorBoard run (and ``progress.csv``) as SB3's
+``train/…`` and ``rollout/…`` keys, at the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.clip_hooks import ClipHooks
+
+__all__ = ["ClipLoggerCallback", "TradeMetricsCallback", "TradingEvalCallback"]
+
+
+class ClipLoggerCallback(BaseCallback):
+    """Records ``clip/<part>/{grad_norm,threshold,clip_fraction,nonfinite}`` and stops a diverged run.
+
+    The clip hooks accumulate python floats on every optimizer step; this callback turns them into means at
+    the start of each rollout, i.e. right after the previous ``train()``. On-policy algorithms dump their logs
+    after the next rollout, so the values are written next to the ``train/…`` values of the same update.
+    ``record_mean`` is used because off-policy algorithms train (and flush) many times between two dumps.
+
+    ``grad_norm`` is the mean pre-clip gradient norm of the finite steps, ``threshold`` the mean applied
+    threshold (finite ones only: ``none`` has none), ``clip_fraction`` the share of finite steps that were
+    clipped, and ``nonfinite`` the running total of skipped steps.
+
+    Args:
+        hooks: the model's clip hooks.
+        max_consecutive_nonfinite: stop training (divergence) after this many skipped steps in a row in a
+            part.
+    """
+
+    def __init__(self, hooks: ClipHooks, *, max_consecutive_nonfinite: int = 50) -> None:
+        super().__init__()
+        self.hooks = hooks
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.diverged_reason: str | None = None
+
+    def _flush(self) -> None:
+        for part, values in self.hooks.flush().items():
+            for key, value in values.items():
+                if key == "nonfinite":
+                    self.logger.record(f"clip/{part}/nonfinite", value)
+                else:
+                    self.logger.record_mean(f"clip/{part}/{key}", value)
+
+    def _on_rollout_start(self) -> None:
+        self._flush()
+
+    def _on_step(self) -> bool:
+        n = self.hooks.max_consecutive_nonfinite()
+        if n >= self.max_consecutive_nonfinite:
+            self.diverged_reason = f"{n} consecutive optimizer steps with non-finite gradients"
+            return False
+        return True
+
+    def _on_training_end(self) -> None:
+        self._flush()
+
+
+class TradeMetricsCallback(BaseCallback):
+    """Records ``trade/<metric>`` (mean over the episodes that ended since the last dump).
+
+    Reads ``info["episode_metrics"]`` (``envs.metrics.trade_metrics``), which the env adds on the last step of
+    an episode; the VecEnv keeps that info on auto-reset. Non-finite values (a Sharpe of inf for a riskless
+    episode) are left out of the mean rather than turning it into inf.
+    """
+
+    KEYS = (
+        "total_return",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "calmar",
+        "turnover",
+        "fees",
+        "funding",
+        "liquidations",
+    )
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            metrics = info.get("episode_metrics")
+            if metrics is None:
+                continue
+            for key in self.KEYS:
+                value = metrics.get(key)
+                if value is not None and math.isfinite(value):
+                    self.logger.record_mean(f"trade/{key}", float(value))
+        return True
+
+
+class TradingEvalCallback(BaseCallback):
+    """Every ``eval_freq`` environment steps, run the policy over the validation period and log ``eval/…``.
+
+    Args:
+        evaluate: returns the ``trade_metrics`` dict of one deterministic pass over the validation period.
+        eval_freq: in environment steps summed over envs (converted to callback calls internally).
+        n_envs: number of training envs.
+        metric: the metric that selects the best model (higher is better; ``max_drawdown``: lower).
+        on_best: called with the metrics whenever a new best is found (saves ``best_model.zip``).
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], dict[str, Any]],
+        *,
+        eval_freq: int,
+        n_envs: int,
+        metric: str = "sharpe",
+        on_best: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.every_calls = max(1, eval_freq // max(1, n_envs))
+        self.metric = metric
+        self.on_best = on_best
+        self.best: float = -math.inf
+        self.best_metrics: dict[str, Any] | None = None
+        self.history: list[tuple[int, dict[str, Any]]] = []
+
+    def score(self, metrics: dict[str, Any]) -> float:
+        """The value maximized when selecting the best model."""
+        value = float(metrics[self.metric])
+        if math.isnan(value):
+            return -math.inf
+        return -value if self.metric == "max_drawdown" else value
+
+    def run_eval(self) -> dict[str, Any]:
+        metrics = self.evaluate()
+        self.history.append((self.num_timesteps, metrics))
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.logger.record(f"eval/{key}", float(value))
+        score = self.score(metrics)
+        if score > self.best:
+            self.best = score
+            self.best_metrics = metrics
+            if self.on_best is not None:
+                self.on_best(metrics)
+        if self.best_metrics is not None and math.isfinite(float(self.best_metrics[self.metric])):
+            self.logger.record(f"eval/best_{self.metric}", float(self.best_metrics[self.metric]))
+        self.logger.dump(self.num_timesteps)
+        return metrics
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every_calls == 0:
+            self.run_eval()
+        return True

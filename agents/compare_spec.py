@@ -1,0 +1,410 @@
+"""What ``train.py compare`` runs: clipper specs, seeds, walk-forward folds and the grid of runs.
+
+This module is pure bookkeeping (no torch, no SB3): it turns the command line into a list of :class:`RunJob`,
+each carrying the full :class:`agents.config.RunConfig` of one run as a plain dict, so that jobs can be
+pickled to worker processes or Ray tasks and compared with what an earlier (resumed) compare wrote.
+
+Clipper spec grammar (``--clips``)::
+
+    clips := spec ((',' | ';') spec)*
+    spec  := part ['/' part]                  policy part, optional value part (default: same as policy)
+    part  := name [':' key=value (',' key=value)*]
+
+Commas separate both specs and keyword arguments. A comma-separated token that contains ``=`` with no ``:``
+before it (``z_thresh=2.0``) continues the part before it; any other token (``zclip``, ``norm:max_norm=0.5``)
+starts a new spec. So ``norm:max_norm=0.05,norm:max_norm=0.5,zclip:z_thresh=2.0,warmup=10`` is three specs,
+the last one with two keywords. ``;`` always starts a new spec and ``--clips`` may be repeated. Values are
+parsed as int, float, ``true``/``false``, ``none`` or, failing those, kept as strings. Every spec is validated
+by constructing the clipper with :func:`clipping.make_clipper` before anything is launched.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ClipPart",
+    "ClipSpec",
+    "FoldRanges",
+    "RunJob",
+    "expand_grid",
+    "make_folds",
+    "parse_clips",
+    "parse_seeds",
+    "parse_value",
+]
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_EXAMPLE = "e.g. --clips none,norm:max_norm=0.5,zclip:z_thresh=2.0"
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``key=value`` value: int, float, true/false, none, else the string itself.
+
+    YAML is not used on purpose: PyYAML reads ``1e-3`` as a string.
+    """
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class ClipPart:
+    """One clipper: a name from :data:`clipping.CLIPPERS` and the keyword arguments the user gave."""
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def text(self) -> str:
+        """Canonical spec text, e.g. ``norm:max_norm=0.5``."""
+        if not self.kwargs:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in self.kwargs)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The clippers of one compared configuration: one for the policy part, one for the value part."""
+
+    policy: ClipPart
+    value: ClipPart
+
+    @property
+    def label(self) -> str:
+        """Canonical text: ``norm:max_norm=0.5`` when both parts agree, else ``policy/value``."""
+        if self.policy == self.value:
+            return self.policy.text
+        return f"{self.policy.text}/{self.value.text}"
+
+    @property
+    def slug(self) -> str:
+        """The label made safe for a folder name on any OS."""
+        return re.sub(r"[^A-Za-z0-9._=+\-]", "_", self.label.replace("/", "+").replace(":", "_"))
+
+    def clip_config(self) -> dict[str, Any]:
+        """The ``clip`` section of a RunConfig dict."""
+        return {
+            "policy": self.policy.name,
+            "policy_kwargs": dict(self.policy.kwargs),
+            "value": self.value.name,
+            "value_kwargs": dict(self.value.kwargs),
+        }
+
+
+def _parse_part(piece: str, *, whole: str) -> tuple[str, list[tuple[str, Any]]]:
+    name, sep, rest = piece.partition(":")
+    name = name.strip()
+    if not _NAME.match(name):
+        raise ValueError(
+            f"--clips: {piece!r} in {whole!r} does not start with a clipper name; "
+            "expected name[:key=value,...], "
+            f"{_EXAMPLE}"
+        )
+    kwargs: list[tuple[str, Any]] = []
+    if sep:
+        if not rest.strip():
+            raise ValueError(f"--clips: {piece!r} in {whole!r} has ':' but no key=value after it; {_EXAMPLE}")
+        kwargs.append(_parse_kv(rest, whole=whole, token=piece))
+    return name, kwargs
+
+
+def _parse_kv(text: str, *, whole: str, token: str) -> tuple[str, Any]:
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not _KEY.match(key) or not raw.strip():
+        raise ValueError(
+            f"--clips: {token!r} in {whole!r}: expected key=value with a Python identifier as key "
+            f"(e.g. max_norm=0.5), got {text!r}"
+        )
+    return key, parse_value(raw)
+
+
+def _is_kwarg_token(piece: str) -> bool:
+    eq = piece.find("=")
+    colon = piece.find(":")
+    return eq >= 0 and (colon < 0 or colon > eq)
+
+
+def _parse_one(whole: str) -> list[list[tuple[str, list[tuple[str, Any]]]]]:
+    """Split one ``--clips`` value into specs, each a list of 1 or 2 parts (name, kwargs)."""
+    specs: list[list[tuple[str, list[tuple[str, Any]]]]] = []
+    for chunk in whole.split(";"):
+        started_here = False
+        for pos, token in enumerate(chunk.split(",")):
+            token = token.strip()
+            if not token:
+                raise ValueError(
+                    f"--clips: empty entry (token {pos + 1}) in {whole!r}; remove the extra ',' or ';'"
+                )
+            pieces = token.split("/")
+            if len(pieces) > 2:
+                raise ValueError(
+                    f"--clips: {token!r} in {whole!r} has more than one '/'; write policy_spec/value_spec"
+                )
+            first, *second = pieces
+            if not first.strip():
+                raise ValueError(f"--clips: {token!r} in {whole!r} has no policy clipper before '/'")
+            if _is_kwarg_token(first):
+                if not started_here:
+                    raise ValueError(
+                        f"--clips: {first!r} in {whole!r} is a keyword with no clipper before it; "
+                        f"attach it to a name, e.g. 'norm:{first.strip()}'"
+                    )
+                specs[-1][-1][1].append(_parse_kv(first, whole=whole, token=token))
+            else:
+                specs.append([_parse_part(first, whole=whole)])
+                started_here = True
+            if second:
+                if len(specs[-1]) == 2:
+                    raise ValueError(f"--clips: spec ending in {token!r} in {whole!r} has more than one '/'")
+                if _is_kwarg_token(second[0]) or not second[0].strip():
+                    raise ValueError(
+                        f"--clips: after '/' in {token!r} in {whole!r} expected a value clipper "
+                        "name[:key=value]"
+                    )
+                specs[-1].append(_parse_part(second[0], whole=whole))
+    return specs
+
+
+def _validate_part(name: str, kwargs: list[tuple[str, Any]], *, text: str) -> ClipPart:
+    keys = [k for k, _ in kwargs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ValueError(f"--clips: {text!r} gives keyword(s) {dup} more than once")
+    return ClipPart(name, tuple(kwargs))
+
+
+#: ``agents.config.SB3_CLIP``: no perpclip hook, SB3's own ``max_grad_norm`` (kept literal: no agents.config
+# import
+#: needed to parse specs). Valid only for both parts and without keywords.
+SB3_CLIP = "sb3"
+
+
+def _check_with_make_clipper(part: ClipPart, *, text: str) -> None:
+    from clipping import make_clipper
+
+    if part.name == SB3_CLIP:
+        if part.kwargs:
+            raise ValueError(
+                f"--clips: {text!r}: '{SB3_CLIP}' (SB3's built-in max_grad_norm) takes no keywords; "
+                "set it with --hp max_grad_norm=0.5"
+            )
+        return
+    try:
+        make_clipper(part.name, **dict(part.kwargs))
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"--clips: invalid clipper spec {text!r}: {err} "
+            "(spec syntax: name[:key=value,...][/value_name[:key=value,...]])"
+        ) from err
+
+
+def parse_clips(texts: str | Sequence[str], *, validate: bool = True) -> list[ClipSpec]:
+    """Parse ``--clips`` values into clipper specs (see the module docstring for the grammar).
+
+    Args:
+        texts: one ``--clips`` string or several (repeated option).
+        validate: construct every clipper with :func:`clipping.make_clipper` to reject unknown names and
+            keywords before anything is launched.
+
+    Returns:
+        The specs in the order given.
+
+    Raises:
+        ValueError: naming the offending token, on syntax errors, duplicate keywords, duplicate specs, unknown
+            clipper names or keywords.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    specs: list[ClipSpec] = []
+    for whole in texts:
+        if not whole or not whole.strip():
+            raise ValueError(f"--clips is empty; {_EXAMPLE}")
+        for parts in _parse_one(whole):
+            cparts = [_validate_part(n, kw, text=whole) for n, kw in parts]
+            spec = ClipSpec(cparts[0], cparts[-1])
+            if (spec.policy.name == SB3_CLIP) != (spec.value.name == SB3_CLIP):
+                raise ValueError(
+                    f"--clips: {spec.label!r}: '{SB3_CLIP}' (SB3's own clipping of all parameters) "
+                    "cannot be mixed "
+                    "with a perpclip clipper; use it alone, e.g. --clips sb3,zclip"
+                )
+            if validate:
+                for part in {spec.policy, spec.value}:
+                    _check_with_make_clipper(part, text=part.text)
+            specs.append(spec)
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.label in seen:
+            raise ValueError(f"--clips: {spec.label!r} is given twice; each spec must be distinct")
+        if spec.slug in seen.values():
+            raise ValueError(f"--clips: {spec.label!r} maps to the same run folder name as another spec")
+        seen[spec.label] = spec.slug
+    return specs
+
+
+def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
+    """``5`` -> seeds 0..4; ``"3,7,11"`` -> those seeds; a sequence of ints is taken as is."""
+    if isinstance(seeds, str):
+        text = seeds.strip()
+        try:
+            if "," in text:
+                out = [int(s) for s in text.split(",")]
+            else:
+                n = int(text)
+                if n < 1:
+                    raise ValueError
+                out = list(range(n))
+        except ValueError:
+            raise ValueError(
+                f"--seeds: expected a count (e.g. 5 -> seeds 0..4) or a comma list of seeds (e.g. 0,3,7), "
+                f"got {seeds!r}"
+            ) from None
+    elif isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"--seeds: the number of seeds must be >= 1, got {seeds}")
+        out = list(range(seeds))
+    else:
+        out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"--seeds: seeds must be distinct and non-empty, got {out}")
+    return out
+
+
+@dataclass(frozen=True)
+class FoldRanges:
+    """Bar index ranges ``[start, stop)`` of one walk-forward fold, in time order: train, (val), test.
+
+    ``val`` (possibly ``None``) is the tail of the fold's training window, held out for model selection;
+    ``train`` then ends where ``val`` starts, so the three never overlap and ``test`` starts at or after their
+    end.
+    """
+
+    index: int
+    train: tuple[int, int]
+    val: tuple[int, int] | None
+    test: tuple[int, int]
+
+
+def make_folds(
+    n_bars: int,
+    n_folds: int,
+    *,
+    mode: str = "expanding",
+    test_bars: int | None = None,
+    min_train_bars: int | None = None,
+    val_bars: int = 0,
+    gap: int = 0,
+) -> list[FoldRanges]:
+    """Walk-forward folds from :func:`envs.splits.walk_forward`, optionally carving a validation tail.
+
+    Args:
+        n_bars: bars in the data.
+        n_folds: number of folds (>= 1).
+        mode: ``"expanding"`` (train from bar 0) or ``"rolling"`` (fixed-length train window).
+        test_bars: bars per test period (default: walk_forward's).
+        min_train_bars: passed to walk_forward.
+        val_bars: bars taken from the end of each training window as a validation range (0: none).
+        gap: bars left out between each training window and its test period (walk_forward's embargo).
+
+    Raises:
+        ValueError: on bad arguments or when a fold's train window is not longer than ``val_bars``.
+    """
+    from envs.splits import walk_forward
+
+    if n_folds < 1:
+        raise ValueError(f"--folds must be >= 1, got {n_folds}")
+    if val_bars < 0:
+        raise ValueError(f"--val-bars must be >= 0, got {val_bars}")
+    folds = walk_forward(
+        n_bars, n_folds, test_bars=test_bars, mode=mode, min_train_bars=min_train_bars, gap=gap
+    )
+    out: list[FoldRanges] = []
+    for i, fold in enumerate(folds):
+        (a, b), (c, d) = tuple(fold.train), tuple(fold.test)
+        if not (0 <= a < b <= c < d <= n_bars):
+            # walk_forward's contract; checked here because every result of the compare rests on it.
+            raise ValueError(f"walk_forward returned an invalid fold {i}: train [{a}, {b}), test [{c}, {d})")
+        val = None
+        if val_bars:
+            if b - a <= val_bars:
+                raise ValueError(
+                    f"--val-bars {val_bars} leaves no training bars in fold {i} (train [{a}, {b})); "
+                    "lower --val-bars or use fewer --folds"
+                )
+            val = (b - val_bars, b)
+            b -= val_bars
+        out.append(FoldRanges(i, (int(a), int(b)), val, (int(c), int(d))))
+    return out
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run of the grid: everything a worker needs, picklable.
+
+    Attributes:
+        name: run folder name inside the compare folder (unique within the grid).
+        clip: the clipper spec label.
+        seed: the run's seed.
+        fold: the fold's index.
+        folds: the fold's bar ranges.
+        config: the full RunConfig as a dict (``RunConfig.to_dict()`` layout).
+    """
+
+    name: str
+    clip: str
+    seed: int
+    fold: int
+    folds: FoldRanges
+    config: dict[str, Any]
+
+
+def expand_grid(
+    base_config: dict[str, Any], clips: Iterable[ClipSpec], seeds: Iterable[int], folds: Iterable[FoldRanges]
+) -> list[RunJob]:
+    """Every (clipper, seed, fold) combination, as jobs with their RunConfig dicts.
+
+    The base config's ``clip`` section, ``algo.seed`` and ``data`` ranges are replaced per run; everything
+    else (algorithm, budget, network, env, data source) is shared, so runs differ only in what is compared.
+    """
+    clips, seeds, folds = list(clips), list(seeds), list(folds)
+    jobs = []
+    for spec in clips:
+        for seed in seeds:
+            for fold in folds:
+                cfg = copy.deepcopy(base_config)
+                cfg.setdefault("algo", {})["seed"] = int(seed)
+                cfg["clip"] = spec.clip_config()
+                data = cfg.setdefault("data", {})
+                data["train_range"] = list(fold.train)
+                data["val_range"] = list(fold.val) if fold.val else None
+                data["test_range"] = list(fold.test)
+                if fold.val is None:
+                    # No validation range inside the fold: the fraction split's validation period could lie in
+                    # the fold's future, so periodic validation (and best-model selection) is switched off.
+                    cfg.setdefault("eval", {})["eval_freq"] = 0
+                name = f"{spec.slug}__seed{seed}__fold{fold.index}"
+                jobs.append(RunJob(name, spec.label, int(seed), fold.index, fold, cfg))
+    return jobs

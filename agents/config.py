@@ -1,0 +1,491 @@
+"""Run configuration: one frozen dataclass per concern, round-tripped through YAML.
+
+``RunConfig.to_dict()`` gives plain YAML-safe data (lists, dicts, str, int, float, bool, None) and
+``RunConfig.from_dict(d)`` rebuilds it, rejecting unknown keys by name, so a ``config.yaml`` written by a
+run is exactly what reproduces it. Only the standard library and PyYAML are imported here: the compare tool
+and the CLI read configs without loading torch or SB3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.errors import UserError
+
+__all__ = [
+    "ALGO_NAMES",
+    "SB3_CLIP",
+    "AlgoConfig",
+    "ClipConfig",
+    "DataConfig",
+    "EnvConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "parse_clip_spec",
+    "parse_kwargs",
+    "save_config",
+]
+
+#: Algorithms ``AlgoConfig.algo`` accepts (SB3 PPO/SAC/A2C/TD3 and sb3-contrib RecurrentPPO).
+ALGO_NAMES = ("ppo", "sac", "a2c", "td3", "recurrent_ppo")
+_ALGO_ALIASES = {"rppo": "recurrent_ppo", "recurrentppo": "recurrent_ppo", "ppo_lstm": "recurrent_ppo"}
+
+#: Pseudo clipper name: no perpclip hook, SB3's own gradient clipping (``max_grad_norm``, PPO/A2C only) as
+#: configured. Must be used for both parts. The baseline "what SB3 does out of the box".
+SB3_CLIP = "sb3"
+
+
+def _did_you_mean(value: str, valid: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(valid), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_range(name: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        start, stop = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a pair [start, stop) of bar indices, got {value!r}") from None
+    if not 0 <= start < stop:
+        raise UserError(f"{name} must satisfy 0 <= start < stop, got [{start}, {stop})")
+    return (start, stop)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """Which algorithm, how long, and its hyperparameters.
+
+    Attributes:
+        algo: one of ``ALGO_NAMES`` (aliases ``rppo``/``recurrentppo`` -> ``recurrent_ppo``).
+        timesteps: environment steps to train for (additional steps when resuming).
+        n_envs: parallel copies of the training env (``DummyVecEnv``: the env is cheap, processes are not).
+        seed: seeds torch, numpy, the envs and the action space; same seed -> identical run.
+        net_arch: hidden layer sizes, shared by actor and critic (a list), or SB3's dict form
+            (``{"pi": [...], "vf": [...]}`` on-policy, ``{"pi": [...], "qf": [...]}`` off-policy).
+        hyperparams: keyword arguments of the SB3 algorithm's constructor (``learning_rate``, ``n_steps``,
+            ``batch_size``, ``gamma``, ``policy_kwargs`` ...), applied over perpclip's per-algorithm defaults.
+            The resolved values are what ``config.yaml`` of a run records.
+        device: torch device; "cpu" by default because the nets are small (SB3 itself warns that PPO with an
+            MLP policy is slower on GPU).
+        normalize_obs: wrap the training env in ``VecNormalize`` observation normalization (statistics are
+            saved as ``vecnormalize.pkl`` and reused by evaluation).
+        normalize_reward: ``VecNormalize`` reward scaling (training only; evaluation reports raw money).
+    """
+
+    algo: str = "ppo"
+    timesteps: int = 200_000
+    n_envs: int = 4
+    seed: int = 0
+    net_arch: list[int] | dict[str, list[int]] = field(default_factory=lambda: [64, 64])
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    normalize_obs: bool = False
+    normalize_reward: bool = False
+
+    def __post_init__(self) -> None:
+        algo = str(self.algo).lower().replace("-", "_")
+        algo = _ALGO_ALIASES.get(algo, algo)
+        if algo not in ALGO_NAMES:
+            raise UserError(
+                f"unknown algo {self.algo!r}; choose one of {', '.join(ALGO_NAMES)}."
+                f"{_did_you_mean(algo, ALGO_NAMES)}"
+            )
+        object.__setattr__(self, "algo", algo)
+        if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) or self.timesteps <= 0:
+            raise UserError(f"timesteps must be a positive integer, got {self.timesteps!r}")
+        if isinstance(self.n_envs, bool) or not isinstance(self.n_envs, int) or self.n_envs < 1:
+            raise UserError(f"n_envs must be an integer >= 1, got {self.n_envs!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UserError(f"seed must be an integer, got {self.seed!r}")
+        arch = self.net_arch
+        if isinstance(arch, tuple):
+            arch = list(arch)
+        if isinstance(arch, list):
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in arch):
+                raise UserError(
+                    f"net_arch must be a list of positive layer sizes, e.g. [64, 64]; got {arch!r}"
+                )
+        elif isinstance(arch, dict):
+            arch = {str(k): list(v) for k, v in arch.items()}
+            if not all(isinstance(n, int) and n > 0 for v in arch.values() for n in v):
+                raise UserError(f"net_arch dict values must be lists of positive layer sizes; got {arch!r}")
+        else:
+            raise UserError(
+                f"net_arch must be a list like [64, 64] or a dict like {{pi: [64], vf: [64]}}; got {arch!r}"
+            )
+        object.__setattr__(self, "net_arch", arch)
+        if not isinstance(self.hyperparams, dict):
+            raise UserError(
+                f"hyperparams must be a mapping of SB3 constructor arguments, got {self.hyperparams!r}"
+            )
+        object.__setattr__(self, "hyperparams", dict(self.hyperparams))
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The clipper of the policy (actor) update and of the value (critic) update.
+
+    Names are ``clipping.CLIPPERS`` keys (``none, norm, value, autoclip, zclip, agc, quantile``) or ``"sb3"``
+    (both parts: no perpclip hook, SB3's built-in ``max_grad_norm`` as configured in ``hyperparams``).
+    Keyword arguments go to ``clipping.make_clipper`` and are checked there.
+    """
+
+    policy: str = "zclip"
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    value: str = "zclip"
+    value_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in ("policy", "value"):
+            name = getattr(self, part)
+            if not isinstance(name, str) or not name:
+                raise UserError(f"clip.{part} must be a clipper name such as 'zclip', got {name!r}")
+            object.__setattr__(self, part, name.lower())
+            kwargs = getattr(self, f"{part}_kwargs")
+            if kwargs is None:
+                kwargs = {}
+            if not isinstance(kwargs, dict):
+                raise UserError(f"clip.{part}_kwargs must be a mapping, got {kwargs!r}")
+            object.__setattr__(self, f"{part}_kwargs", dict(kwargs))
+        if (self.policy == SB3_CLIP) != (self.value == SB3_CLIP):
+            raise UserError(
+                f"clip '{SB3_CLIP}' (SB3's own max_grad_norm over all parameters) cannot be mixed with a "
+                f"perpclip "
+                f"clipper (policy={self.policy!r}, value={self.value!r}); use '{SB3_CLIP}' for both parts"
+            )
+        if self.policy == SB3_CLIP and (self.policy_kwargs or self.value_kwargs):
+            raise UserError(
+                f"clip '{SB3_CLIP}' takes no keyword arguments; set hyperparams.max_grad_norm instead"
+            )
+
+    @property
+    def active(self) -> bool:
+        """True when perpclip clippers are hooked into the optimizers (anything but ``"sb3"``)."""
+        return self.policy != SB3_CLIP
+
+    @property
+    def label(self) -> str:
+        """Short name for run folders: ``zclip`` or ``zclip+autoclip``."""
+        return self.policy if self.policy == self.value else f"{self.policy}+{self.value}"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which market, and how it is split in time.
+
+    Attributes:
+        data: anything ``envs.loaders.load_market`` accepts: embedded name, CSV/Parquet path,
+            ``synthetic:<kind>[:key=value,...]``.
+        funding: path of a funding-rate file for ``data`` (CSV/Parquet), if not embedded in it.
+        val, test: fractions of the bars, at the end of the series, held out for validation and test.
+        train_range, val_range, test_range: explicit ``(start, stop)`` bar ranges; override the fraction split
+            (the compare tool uses them for walk-forward folds).
+        train_data: train on another market (e.g. ``synthetic:garch:n_bars=50000,seed=1`` calibrated to the
+            real one) — all of it; validation and test still use ``data``'s split.
+    """
+
+    data: str = "btcusdt-1h"
+    funding: str | None = None
+    val: float = 0.15
+    test: float = 0.15
+    train_range: tuple[int, int] | None = None
+    val_range: tuple[int, int] | None = None
+    test_range: tuple[int, int] | None = None
+    train_data: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise UserError(
+                f"data must be a market name, file path or synthetic:<kind> spec, got {self.data!r}"
+            )
+        for name, low in (("val", 0.0), ("test", 1e-12)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= float(v) < 1.0:
+                raise UserError(
+                    f"data.{name} must be a fraction in {'[0' if low == 0 else '(0'}, 1), got {v!r}"
+                    + (" (0: no validation period)" if name == "val" else "")
+                )
+            object.__setattr__(self, name, float(v))
+        if self.val + self.test >= 1.0:
+            raise UserError(f"data.val + data.test must leave bars to train on, got {self.val} + {self.test}")
+        for name in ("train_range", "val_range", "test_range"):
+            object.__setattr__(self, name, _check_range(f"data.{name}", getattr(self, name)))
+        for name in ("funding", "train_data"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, str(v))
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Keyword arguments of ``envs.trading_env.CryptoFuturesEnv`` (see its docstring for their meaning).
+
+    ``execution`` and ``margin`` are dicts of ``envs.contract.ExecutionConfig`` / ``MarginConfig`` fields
+    (None: the env's defaults). ``kwargs`` passes any other constructor argument through unchanged.
+    ``episode_bars`` applies to training episodes (random start); evaluation always runs a whole period.
+    """
+
+    window: int = 32
+    episode_bars: int | None = 256
+    initial_balance: float = 10_000.0
+    leverage: float = 3.0
+    action: str = "continuous"
+    n_levels: int = 3
+    reward: str = "log_return"
+    execution: dict[str, Any] | None = None
+    margin: dict[str, Any] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.action not in ("continuous", "discrete"):
+            raise UserError(f"env.action must be 'continuous' or 'discrete', got {self.action!r}")
+        if self.episode_bars is not None and (
+            not isinstance(self.episode_bars, int) or self.episode_bars < 2
+        ):
+            raise UserError(
+                f"env.episode_bars must be an integer >= 2 or null (whole data), got {self.episode_bars!r}"
+            )
+        if not isinstance(self.kwargs, dict):
+            raise UserError(f"env.kwargs must be a mapping of extra env arguments, got {self.kwargs!r}")
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """The constructor keywords, execution/margin still as dicts (agents.envs builds the dataclasses)."""
+        d = {
+            "window": self.window,
+            "episode_bars": self.episode_bars,
+            "initial_balance": self.initial_balance,
+            "leverage": self.leverage,
+            "action": self.action,
+            "n_levels": self.n_levels,
+            "reward": self.reward,
+        }
+        if self.execution is not None:
+            d["execution"] = dict(self.execution)
+        if self.margin is not None:
+            d["margin"] = dict(self.margin)
+        d.update(self.kwargs)
+        return d
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Periodic evaluation on the validation split during training.
+
+    Attributes:
+        eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it.
+        metric: key of ``envs.metrics.trade_metrics`` that selects ``best_model.zip`` (higher is better,
+            except ``max_drawdown`` which is compared by magnitude).
+        deterministic: act with the policy's mode (mean action) rather than sampling.
+        save_best: keep ``best_model.zip`` (with its clipper and normalization state).
+    """
+
+    eval_freq: int = 10_000
+    metric: str = "sharpe"
+    deterministic: bool = True
+    save_best: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eval_freq, bool) or not isinstance(self.eval_freq, int) or self.eval_freq < 0:
+            raise UserError(
+                f"eval.eval_freq must be an integer >= 0 (0 disables evaluation), got {self.eval_freq!r}"
+            )
+        valid = ("total_return", "sharpe", "sortino", "max_drawdown", "calmar")
+        if self.metric not in valid:
+            raise UserError(
+                f"eval.metric must be one of {', '.join(valid)}, got {self.metric!r}."
+                f"{_did_you_mean(self.metric, valid)}"
+            )
+
+
+_SECTIONS: dict[str, type] = {
+    "algo": AlgoConfig,
+    "clip": ClipConfig,
+    "data": DataConfig,
+    "env": EnvConfig,
+    "eval": EvalConfig,
+}
+
+
+def _to_plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so yaml.safe_dump writes plain YAML."""
+    if isinstance(value, dict):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _section_from_dict(cls: type, d: Any, where: str) -> Any:
+    if d is None:
+        return cls()
+    if dataclasses.is_dataclass(d) and isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise UserError(f"config section {where!r} must be a mapping, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        hint = "".join(_did_you_mean(k, names) for k in unknown[:1])
+        raise UserError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in config section {where!r}; "
+            f"valid keys: {', '.join(names)}.{hint}"
+        )
+    try:
+        return cls(**d)
+    except TypeError as exc:  # e.g. a list where a number belongs
+        raise UserError(f"bad value in config section {where!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run; ``config.yaml`` of a run folder is ``to_dict()`` of it."""
+
+    task: str = "trading"
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.task != "trading":
+            raise UserError(f"task must be 'trading' (the only task train.py runs so far), got {self.task!r}")
+        for name, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                object.__setattr__(self, name, _section_from_dict(cls, getattr(self, name), name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe nested dict (``RunConfig.from_dict(cfg.to_dict()) == cfg``)."""
+        out: dict[str, Any] = {"task": self.task}
+        for name in _SECTIONS:
+            out[name] = _to_plain(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> RunConfig:
+        """Rebuild from ``to_dict()`` output (or a partial dict: missing keys take defaults).
+
+        Raises:
+            UserError: unknown keys (named, with the valid ones) or invalid values.
+        """
+        d = dict(d or {})
+        valid = ["task", *_SECTIONS]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise UserError(
+                f"unknown config section(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}."
+                f"{_did_you_mean(unknown[0], valid)}"
+            )
+        kwargs: dict[str, Any] = {"task": d.get("task", "trading")}
+        for name, section in _SECTIONS.items():
+            kwargs[name] = _section_from_dict(section, d.get(name), name)
+        return cls(**kwargs)
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """A copy with some fields of some sections changed: ``cfg.replace(algo={"seed": 3})``."""
+        changes = {}
+        for name, fields_ in sections.items():
+            if name not in _SECTIONS:
+                raise UserError(f"unknown config section {name!r}; valid: {', '.join(_SECTIONS)}")
+            current = dataclasses.asdict(getattr(self, name))
+            unknown = sorted(set(fields_) - set(current))
+            if unknown:
+                raise UserError(f"unknown key(s) {', '.join(map(repr, unknown))} in config section {name!r}")
+            current.update(fields_)
+            changes[name] = _section_from_dict(_SECTIONS[name], current, name)
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config (a full ``config.yaml`` of a run or a partial one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if d is not None and not isinstance(d, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of sections (algo, clip, ...)")
+    return RunConfig.from_dict(d)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write ``cfg.to_dict()`` as YAML (keys in definition order)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets/quotes, so ``a=[1,2],b=3`` gives two items."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_kwargs(text: str, *, where: str = "keyword arguments") -> dict[str, Any]:
+    """Parse ``key=value,key=value``; values are read as YAML scalars/lists (``yaml.safe_load``, never eval).
+
+    ``z_thresh=2.5,alpha=0.9,warmup=10,mode=[1,2]`` -> ``{"z_thresh": 2.5, "alpha": 0.9, ...}``.
+    """
+    out: dict[str, Any] = {}
+    for item in _split_top_level(text):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise UserError(
+                f"bad {where} {item!r}: expected key=value pairs separated by commas, e.g. alpha=0.9"
+            )
+        try:
+            out[key] = _literal(raw.strip())
+        except yaml.YAMLError:
+            raise UserError(f"bad value in {where} {item!r}: not a number, word or [list]") from None
+    return out
+
+
+def _literal(raw: str) -> Any:
+    """A YAML scalar/list, with the two YAML-1.1 surprises fixed: ``1e-4`` is a float (PyYAML reads it as a
+    string without a dot) and ``none``/``None`` is None (as ``null``)."""
+    if not raw:
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        if value.lower() in ("none", "null"):
+            return None
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
+
+
+def parse_clip_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", {"z_thresh": 2.0, "alpha": 0.9})``."""
+    name, _, rest = str(spec).partition(":")
+    name = name.strip().lower()
+    if not name:
+        raise UserError(f"bad clipper spec {spec!r}: expected name[:key=value,...], e.g. zclip:z_thresh=2.0")
+    return name, parse_kwargs(rest, where=f"clipper arguments of {spec!r}") if rest.strip() else {}
