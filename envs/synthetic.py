@@ -216,7 +216,9 @@ class VolumeParams:
     return, so volume rises with the size of the move (the volume-volatility relation).
 
     Attributes:
-        base: mean volume per hour in base units (BTC; Binance BTCUSDT trades about 5-10k BTC per hour).
+        base: mean volume per hour in base units (BTC; Binance BTCUSDT trades about 5-10k BTC per hour) at
+            the starting price ``s0``; each bar's volume is scaled by ``s0 / close`` so that the traded
+            notional, not the number of coins, is stationary.
         sigma: stationary std of the persistent part of log volume.
         phi: per-bar persistence of log volume.
         beta: elasticity of log volume to ``|z_t|``.
@@ -676,7 +678,10 @@ def simulate(
     r, var, jump, latent = _GENERATORS[kind](model, n, dt, bar_seconds, rng_price)
     bars = _bars_from_log_returns(rng_price, s0, r, var, jump)
     z = (r - r.mean()) / np.sqrt(np.maximum(var, 1e-300) + (0 if jump is None else jump**2))
-    bars["volume"] = _volume(rng_volume, z, volume, bar_seconds)
+    # Volume is drawn around a stationary *notional* (quote units) and converted at each bar's close: a fixed
+    # level in base units would, on a long random walk down, make every order a huge share of the bar's
+    # volume (impact and the participation cap blow up) -- real traded notional does not shrink that way.
+    bars["volume"] = _volume(rng_volume, z, volume, bar_seconds) * (s0 / bars["close"])
 
     bar_ns = bar_seconds * _NS
     t0 = pd.Timestamp(start)

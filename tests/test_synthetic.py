@@ -173,6 +173,17 @@ def test_volume_rises_with_absolute_return():
     assert np.mean(v) == pytest.approx(5000, rel=0.3)  # about base per hour
 
 
+def test_traded_notional_is_stationary_when_the_price_trends():
+    # A strong drift takes the price far from s0; volume in coins must then move inversely, so that the
+    # notional per bar (what impact and the participation cap really depend on) keeps its level.
+    m = make_market("gbm", n_bars=20_000, seed=2, funding="off", drift=-1.5, vol=0.5)
+    assert m.close[-1000:].mean() < 0.5 * m.close[:1000].mean()  # the price did trend
+    notional = m.volume * m.close
+    early, late = notional[:2000].mean(), notional[-2000:].mean()
+    assert late == pytest.approx(early, rel=0.25)
+    assert early == pytest.approx(5000 * 30_000, rel=0.3)  # base BTC/hour at s0
+
+
 # ----------------------------------------------------------------------------------------------- funding
 def test_funding_calibration_round_trip_plain_ar1():
     true = FundingParams(mean=1.2e-4, std=2.2e-4, phi=0.8, shock_prob=0.1, shock_ratio=6.0, cap=None)
