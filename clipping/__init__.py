@@ -11,9 +11,9 @@ Use between ``loss.backward()`` and ``optimizer.step()``::
         optimizer.step()
     checkpoint["clipper"] = clipper.state_dict() # resume with clipper.load_state_dict(...)
 
-Every clipper returns a :class:`ClipStats` (``grad_norm``, ``threshold``, ``clipped``, ``nonfinite``,
-``spike``, ``skip``) and keeps all its statistics in ``state_dict()``. This package imports ``torch`` and
-the standard library only.
+Every clipper returns a :class:`ClipStats` (``grad_norm``, ``threshold``, ``bound``, ``clipped``,
+``nonfinite``, ``spike``, ``skip``) and keeps all its statistics in ``state_dict()``. This package imports
+``torch`` and the standard library only.
 """
 
 from clipping.agc import AdaptiveGradientClip

@@ -32,6 +32,11 @@ class AdaptiveGradientClip(Clipper):
     the weights); ``clipped`` is ``True`` iff at least one unit was scaled down. Per-unit norms need
     per-tensor reductions, so AGC costs a few kernels per tensor (still a single device->host sync).
 
+    ``ClipStats.bound`` is that same sum-of-caps bound (``= threshold``), also on a non-finite step (the caps
+    come from the parameters, not from the gradients; non-finite if a parameter is). It is not a
+    trigger: AGC clips unit by unit, so a gradient whose global norm is below it can still have a unit
+    above its cap (and is then clipped); ``inf`` on a call without gradients.
+
     Args:
         clip_factor: Ratio ``lambda`` of gradient norm to parameter norm allowed per unit (paper: 0.01 for
             large batches; larger values for small batches).
@@ -83,7 +88,7 @@ class AdaptiveGradientClip(Clipper):
             [total.double(), bound, n_clipped.double(), params_finite.double()]
         ).tolist()  # the one device->host sync
         if not (math.isfinite(norm) and ok):  # NaN/inf gradient (or parameter: its caps would be NaN)
-            return self._neutralize(grads, norm)
+            return self._neutralize(grads, norm, threshold)
         clipped = n > 0
         if clipped:
             factors = [s.reshape((-1,) + (1,) * (g.ndim - 1)) if g.ndim > 1 else s.reshape(())
@@ -93,4 +98,5 @@ class AdaptiveGradientClip(Clipper):
             else:  # several devices or a backend without foreach kernels
                 for g, f in zip(grads, factors, strict=True):
                     g.mul_(f.to(g.device))
-        return ClipStats(grad_norm=norm, threshold=threshold, clipped=clipped, nonfinite=False)
+        return ClipStats(grad_norm=norm, threshold=threshold, bound=threshold, clipped=clipped,
+                         nonfinite=False)

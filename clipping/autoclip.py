@@ -43,6 +43,10 @@ class AutoClip(Clipper):
     Gradients are scaled by ``threshold / (g_t + 1e-6)`` iff ``g_t > threshold``. Non-finite norms zero the
     gradients and never enter the history.
 
+    ``ClipStats.bound`` is the quantile threshold in force on the step, i.e. ``threshold`` itself (``inf``
+    before any history, as the threshold); a norm ``<= bound`` is never clipped. On a non-finite step it is
+    the quantile of the (unchanged) history, ``inf`` if that is empty.
+
     Defaults (``quantile=0.9``, ``window=1000``, ``include_current=False``) aim at *spike mitigation* in RL,
     which is why they follow the maintained package rather than the paper's 10th percentile over the
     whole history:
@@ -102,13 +106,17 @@ class AutoClip(Clipper):
         self._history.append(norm)
         bisect.insort(self._sorted, norm)
 
-    def _update(self, norm: float) -> tuple[float, bool, bool]:
+    def _update(self, norm: float) -> tuple[float, float, bool, bool]:
         if self.include_current:
             self._push(norm)
-            return linear_quantile(self._sorted, self.quantile), False, False
-        threshold = linear_quantile(self._sorted, self.quantile) if self._sorted else math.inf
+            threshold = linear_quantile(self._sorted, self.quantile)
+            return threshold, threshold, False, False
+        threshold = self._bound()
         self._push(norm)
-        return threshold, False, False
+        return threshold, threshold, False, False
+
+    def _bound(self) -> float:
+        return linear_quantile(self._sorted, self.quantile) if self._sorted else math.inf
 
     def _state_keys(self) -> tuple[str, ...]:
         return ("history",)

@@ -45,6 +45,16 @@ class ClipStats:
         threshold: The threshold that was applied: a global-norm bound for the norm-based clippers, the
             element bound for ``value``, the sum-of-unit-caps bound for ``agc``; ``math.inf`` when no
             threshold was in force this step and ``0.0`` on a non-finite step (all gradients zeroed).
+        bound: The global-norm level above which this clipper would clip on this step, reported whether or
+            not it clipped (``threshold`` is only the value *applied*; e.g. ``zclip`` applies none on a calm
+            step), so that logging it gives a continuous curve of the adaptive level. It comes from the
+            statistics in force at this step (no extra device sync, nothing extra in ``state_dict``). For
+            the global-norm clippers (``none``, ``norm``, ``autoclip``, ``zclip``, ``quantile``) a norm
+            ``grad_norm <= bound`` is never clipped (``norm``: up to torch's 1e-6, see
+            :class:`~clipping.NormClip`). ``value`` and ``agc`` clip element-/unit-wise, so no norm level
+            decides for them: ``value`` reports ``math.inf``, ``agc`` its sum-of-caps bound (= ``threshold``).
+            ``math.inf`` when no level is in force. On a non-finite step it is the level that was in force
+            (the statistics are untouched), not ``0.0``; each clipper's docstring gives its exact value.
         clipped: Whether the gradients were changed (always ``True`` on a non-finite step).
         nonfinite: A NaN/inf was found; all given gradients were zeroed and no statistic was updated.
         spike: The clipper's outlier detector fired (``zclip`` only; ``False`` elsewhere).
@@ -54,6 +64,7 @@ class ClipStats:
 
     grad_norm: float
     threshold: float
+    bound: float
     clipped: bool
     nonfinite: bool
     spike: bool = False
@@ -225,14 +236,15 @@ class Clipper:
         Args:
             parameters: A tensor or an iterable of tensors (a generator is fine). Tensors whose ``.grad``
                 is ``None`` are skipped; if none has a gradient nothing happens and no statistic changes
-                (``grad_norm=0.0``, ``threshold=inf``).
+                (``grad_norm=0.0``, ``threshold=inf``, ``bound`` = the level in force).
 
         Returns:
             A :class:`ClipStats` of python scalars (obtained with a single device->host sync).
         """
         params = _params_with_grad(parameters)
         if not params:
-            return ClipStats(grad_norm=0.0, threshold=math.inf, clipped=False, nonfinite=False)
+            return ClipStats(grad_norm=0.0, threshold=math.inf, bound=self._bound(), clipped=False,
+                             nonfinite=False)
         return self._clip(params, [p.grad for p in params])
 
     def state_dict(self) -> dict[str, Any]:
@@ -291,24 +303,31 @@ class Clipper:
         norm = global_norm(grads).item()  # the one device->host sync of this call
         if not math.isfinite(norm):
             return self._neutralize(grads, norm)
-        threshold, spike, skip = self._update(norm)
+        threshold, bound, spike, skip = self._update(norm)
         # Clip iff the norm exceeds the threshold; the scale is clip_grad_norm_'s formula. (clip_grad_norm_
         # itself also rescales by ~(1 - 1e-6/norm) when norm <= threshold < norm + 1e-6; we do not, so a
         # clipper whose threshold equals the current norm - e.g. AutoClip with quantile=1 - is a no-op.)
         clipped = norm > threshold
         if clipped:
             scale_(grads, threshold / (norm + _NORM_EPS))
-        return ClipStats(grad_norm=norm, threshold=threshold, clipped=clipped, nonfinite=False, spike=spike,
-                         skip=skip)
+        return ClipStats(grad_norm=norm, threshold=threshold, bound=bound, clipped=clipped, nonfinite=False,
+                         spike=spike, skip=skip)
 
-    def _update(self, norm: float) -> tuple[float, bool, bool]:
-        """Consume a finite pre-clip global norm: return ``(threshold, spike, skip)``, update statistics."""
+    def _update(self, norm: float) -> tuple[float, float, bool, bool]:
+        """Consume a finite pre-clip global norm: return ``(threshold, bound, spike, skip)`` (see
+        :class:`ClipStats`), update statistics."""
         raise NotImplementedError
 
-    def _neutralize(self, grads: list[torch.Tensor], norm: float) -> ClipStats:
+    def _bound(self) -> float:
+        """``ClipStats.bound`` from the current state, without consuming a norm (used on non-finite and
+        empty calls, which leave the statistics untouched)."""
+        return math.inf
+
+    def _neutralize(self, grads: list[torch.Tensor], norm: float, bound: float | None = None) -> ClipStats:
         zero_(grads)
         self.nonfinite_count += 1
-        return ClipStats(grad_norm=norm, threshold=0.0, clipped=True, nonfinite=True, skip=True)
+        return ClipStats(grad_norm=norm, threshold=0.0, bound=self._bound() if bound is None else bound,
+                         clipped=True, nonfinite=True, skip=True)
 
     def _state_keys(self) -> tuple[str, ...]:
         return ()

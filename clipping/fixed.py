@@ -25,6 +25,8 @@ class NoClip(Clipper):
     The only exception is the package-wide safety rule: a non-finite gradient zeroes all given gradients
     and sets ``ClipStats.nonfinite`` (the optimizer step is meant to be skipped anyway).
 
+    ``ClipStats.bound`` is always ``math.inf``: no norm is ever clipped.
+
     State:
         nonfinite_count (int): calls with NaN/inf gradients.
 
@@ -37,8 +39,8 @@ class NoClip(Clipper):
     def __init__(self) -> None:
         super().__init__({})
 
-    def _update(self, norm: float) -> tuple[float, bool, bool]:
-        return math.inf, False, False
+    def _update(self, norm: float) -> tuple[float, float, bool, bool]:
+        return math.inf, math.inf, False, False
 
 
 class NormClip(Clipper):
@@ -48,6 +50,10 @@ class NormClip(Clipper):
     same kernels as torch, so the result is bit-for-bit the one of ``clip_grad_norm_(params, max_norm)`` for
     finite gradients of one device and dtype. ``clipped`` is ``True`` iff that factor is below 1. Unlike
     torch, a non-finite norm zeroes the gradients (torch would turn them all into NaN).
+
+    ``ClipStats.bound`` is ``max_norm`` on every step (also non-finite ones), like ``threshold``. Because of
+    torch's ``+ 1e-6`` a norm within 1e-6 below ``max_norm`` is still rescaled, by a factor
+    ``~1 - 1e-6 / norm`` (a no-op in practice): ``grad_norm <= bound - 1e-6`` is never clipped.
 
     Args:
         max_norm: Threshold on the global norm; default 0.5, the default of SB3's PPO and A2C.
@@ -79,7 +85,11 @@ class NormClip(Clipper):
             else:  # several devices or a backend without foreach kernels
                 for g in grads:
                     g.mul_(coef.to(g.device))
-        return ClipStats(grad_norm=norm, threshold=self.max_norm, clipped=clipped, nonfinite=False)
+        return ClipStats(grad_norm=norm, threshold=self.max_norm, bound=self.max_norm, clipped=clipped,
+                         nonfinite=False)
+
+    def _bound(self) -> float:
+        return self.max_norm
 
 
 class ValueClip(Clipper):
@@ -87,6 +97,12 @@ class ValueClip(Clipper):
 
     ``grad_norm`` is the global L2 norm before clipping, ``threshold`` is ``clip_value`` (an element bound,
     not a norm bound) and ``clipped`` is ``True`` iff some element's magnitude exceeded ``clip_value``.
+
+    ``ClipStats.bound`` is always ``math.inf``: whether anything is clipped depends on the largest element,
+    not on the global norm, so there is no norm level that decides it. ``clip_value * sqrt(n_elements)``
+    is not one: below it a single large element is still clipped (a norm of 0.06 made of one element 0.06
+    is clipped at ``clip_value=0.05``), it is only the norm above which *some* element must exceed
+    ``clip_value``. ``inf`` says "no norm-level clipping"; read ``clipped`` for what happened.
 
     Args:
         clip_value: Bound on each gradient element's magnitude (required: there is no standard default).
@@ -119,4 +135,5 @@ class ValueClip(Clipper):
             else:
                 for g in grads:
                     g.clamp_(min=-self.clip_value, max=self.clip_value)
-        return ClipStats(grad_norm=norm, threshold=self.clip_value, clipped=clipped, nonfinite=False)
+        return ClipStats(grad_norm=norm, threshold=self.clip_value, bound=math.inf, clipped=clipped,
+                         nonfinite=False)

@@ -24,6 +24,8 @@ class QuantileTrackingClip(Clipper):
     ``exp(-lr * (1 - target_quantile))`` after an unclipped one, so it settles where a fraction
     ``target_quantile`` of the norms lies below it. The update is multiplicative: scale-free, able to move
     by orders of magnitude (``ln(ratio) / (lr * target)`` steps), never reaching 0.
+    ``ClipStats.bound`` is the ``C`` used on the step, i.e. ``threshold`` (on a non-finite step: the current
+    ``C``, which that step does not move); a norm ``<= bound`` is never clipped.
     This is the paper's Algorithm with ``b`` computed exactly (no Gaussian noise, i.e. TensorFlow
     Federated's ``PrivateQuantileEstimationProcess.no_noise(..., geometric_update=True)``) and one norm per
     step instead of one per client.
@@ -65,11 +67,14 @@ class QuantileTrackingClip(Clipper):
         """The threshold ``C`` the next call will apply."""
         return self._threshold
 
-    def _update(self, norm: float) -> tuple[float, bool, bool]:
+    def _update(self, norm: float) -> tuple[float, float, bool, bool]:
         threshold = self._threshold
         below = 1.0 if norm <= threshold else 0.0
         self._threshold = threshold * math.exp(-self.lr * (below - self.target_quantile))
-        return threshold, False, False
+        return threshold, threshold, False, False
+
+    def _bound(self) -> float:
+        return self._threshold
 
     def _state_keys(self) -> tuple[str, ...]:
         return ("threshold",)

@@ -41,6 +41,18 @@ class ZClip(Clipper):
     The arithmetic is python float64, written in the package's operation order, so given the same norm
     sequence the statistics match the package bit for bit.
 
+    ``ClipStats.bound`` (not in the package) is the norm level above which this step would clip, reported on
+    every step so that it plots as a continuous curve (``threshold`` is ``inf`` on every calm step when there
+    is no cap): ``min(mean + z_thresh * std, max_grad_norm)`` from the statistics *before* this step's update,
+    i.e. the spike-detection level, and ``max_grad_norm`` (or ``inf``) during warm-up, including the step that
+    completes it. On a spike it is still that level (``threshold`` is then the applied ``min(clip_val,
+    max_grad_norm)``); on a non-finite step it is the level in force. In ``percentile`` mode this is exactly
+    the spike test (``g > mean + z_thresh * std``). In ``zscore`` mode the exact crossing ``z = z_thresh``
+    lies at ``mean + z_thresh * (std + eps)``, ``z_thresh * eps`` (2.5e-6 by default) higher: the reported
+    level leaves that sliver out so that both modes report the same statistic and ``g <= bound`` implies "no
+    spike" with a margin that float rounding cannot cross (for norms below ~1e9 with the default ``eps``).
+    Either way a norm ``<= bound`` is never clipped.
+
     Where this implementation deviates from the package, on purpose:
 
     * ``max_grad_norm`` defaults to ``None`` (package: 1.0). A fixed absolute cap of 1.0 is tuned to LLM
@@ -131,7 +143,15 @@ class ZClip(Clipper):
     def _cap(self) -> float:
         return math.inf if self.max_grad_norm is None else self.max_grad_norm
 
-    def _update(self, norm: float) -> tuple[float, bool, bool]:
+    def _bound(self) -> float:
+        """``ClipStats.bound`` from the statistics in force (before this step's update)."""
+        if not self._initialized:
+            return self._cap()
+        # Same expression as the percentile-mode spike bound in _clip_value, so the two agree bit for bit.
+        return min(self._mean + self.z_thresh * self._var ** 0.5, self._cap())
+
+    def _update(self, norm: float) -> tuple[float, float, bool, bool]:
+        bound = self._bound()  # before the update: the level this very step is judged against
         if not self._initialized:
             self._buffer.append(norm)
             if len(self._buffer) >= self.warmup_steps:
@@ -140,17 +160,17 @@ class ZClip(Clipper):
                 self._var = sum((x - self._mean) ** 2 for x in self._buffer) / len(self._buffer)
                 self._initialized = True
                 self._buffer = []
-            return self._cap(), False, False
+            return self._cap(), bound, False, False
 
         clip_val = self._clip_value(norm)
         spike = clip_val is not None
         threshold = min(clip_val, self._cap()) if spike else self._cap()
         if spike and self.skip_update_on_spike:
-            return threshold, True, True
+            return threshold, bound, True, True
         x = clip_val if spike else norm  # the EMA sees the clipped norm (not the max_grad_norm cap)
         self._mean = self.alpha * self._mean + (1 - self.alpha) * x
         self._var = self.alpha * self._var + (1 - self.alpha) * (x - self._mean) ** 2
-        return threshold, spike, False
+        return threshold, bound, spike, False
 
     def _clip_value(self, norm: float) -> float | None:
         """The package's ``_compute_clip_val``: the clip target on a spike, ``None`` otherwise."""

@@ -163,6 +163,71 @@ def test_clipping_twice_with_frozen_state_equals_once(key, seq, seed, scale):
         torch.testing.assert_close(a, b, rtol=2e-6, atol=0.0)
 
 
+# Clippers whose decision is a global-norm level (value and agc clip element-/unit-wise: no such level).
+NORM_LEVEL = [k for k in CONFIGS if k not in ("value", "agc")]
+
+
+@pytest.mark.parametrize("key", sorted(CONFIGS))
+@FAST
+@given(seq=step_seq)
+def test_norms_at_or_below_the_bound_are_never_clipped(key, seq):
+    clipper = build(key)
+    params = make_params(12)
+    for seed, scale in seq:
+        set_grads(params, seed, scale)
+        stats = clipper.clip(params)
+        assert not math.isnan(stats.bound) and stats.bound > 0.0
+        if key in NORM_LEVEL:
+            # norm: torch's factor max_norm / (norm + 1e-6) already rescales within 1e-6 below max_norm.
+            level = stats.bound - 1e-6 if key == "norm" else stats.bound
+            if stats.grad_norm <= level:
+                assert not stats.clipped, stats
+        if key in ("norm", "autoclip", "autoclip_paper", "quantile", "agc"):
+            assert stats.bound == stats.threshold
+        elif key in ("none", "value"):
+            assert stats.bound == math.inf
+
+
+def test_value_and_agc_clip_below_their_bound_which_is_why_it_is_not_a_trigger():
+    # value: one element 0.06 > clip_value 0.05 is clipped although the norm (0.06) is far below
+    # clip_value * sqrt(n) = 0.05 * 2 = 0.1; the reported bound is inf.
+    p = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    p.grad = torch.tensor([0.06, 0.0, 0.0, 0.0], dtype=torch.float64)
+    stats = make_clipper("value", clip_value=0.05).clip([p])
+    assert stats.clipped and stats.bound == math.inf
+    # agc: two unit rows with weight norm 1 -> caps 0.1 each, bound sqrt(0.1^2 + 0.1^2) ~ 0.1414; a gradient
+    # of norm 0.12 all in the first row exceeds that row's cap and is clipped, below the bound.
+    w = nn.Parameter(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    w.grad = torch.tensor([[0.12, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    stats = make_clipper("agc", clip_factor=0.1).clip([w])
+    assert stats.clipped and stats.grad_norm < stats.bound == pytest.approx(math.sqrt(0.02), rel=1e-12)
+
+
+def test_zclip_bound_is_a_continuous_curve_after_warmup():
+    """The point of ``bound``: on calm steps zclip applies no threshold (inf), yet bound is finite on every
+    step after warm-up and moves smoothly with the EMA statistics."""
+    gen = torch.Generator().manual_seed(3)
+    norms = (1.0 + 0.1 * torch.randn(200, generator=gen, dtype=torch.float64)).abs().tolist()
+    clipper = make_clipper("zclip")  # alpha 0.97, z_thresh 2.5, warm-up 25, no cap
+    bounds, calm = [], 0
+    for i, g in enumerate(norms):
+        stats = feed(clipper, g)
+        if i < 25:
+            assert stats.bound == math.inf  # warm-up: no level yet (and no cap)
+            continue
+        if not stats.spike:
+            calm += 1
+            assert stats.threshold == math.inf  # calm: no threshold applied...
+        assert math.isfinite(stats.bound)  # ...but a level all along
+        bounds.append(stats.bound)
+    assert calm >= 170  # (a 1 +- 0.1 noise has the odd 2.5-sigma step)
+    # One calm EMA step (weight 0.03) moves mean + 2.5 std by a few % of it at most; a bound reported
+    # only on spikes (or reset between them) would jump from/to inf instead.
+    assert len(bounds) == 175
+    assert max(abs(b - a) / a for a, b in zip(bounds[:-1], bounds[1:], strict=True)) < 0.05
+    assert 1.1 < min(bounds) <= max(bounds) < 1.5  # near 1 + 2.5 * 0.1, the sequence's mean + z * std
+
+
 def test_autoclip_paper_mode_is_not_idempotent_by_design():
     # With the current norm inside its own history (Algorithm 1), re-clipping sees a smaller norm and
     # hence a lower quantile: history [1, 2, 3] + 10 -> q0.9 at position 2.7 -> 3 + 0.7 * 7 = 7.9;
@@ -279,7 +344,17 @@ def test_nonfinite_gradients_are_neutralized_and_leave_statistics_alone(key, bad
     # ...and the next finite step behaves as if the bad step never happened.
     set_grads(params, 7, 3.0)
     set_grads(twin_params, 7, 3.0)
-    assert clipper.clip(params) == twin.clip(twin_params)
+    twin_stats = twin.clip(twin_params)
+    assert clipper.clip(params) == twin_stats
+    # The bad step reported the level in force (not 0): the one the twin's next step is judged against -
+    # except in AutoClip's paper mode, whose level includes the current norm: there, the quantile of the
+    # history alone.
+    if key == "autoclip_paper":
+        history = torch.tensor(before["history"], dtype=torch.float64)
+        level = torch.quantile(history, 0.5).item() if len(history) else math.inf
+        assert stats.bound == pytest.approx(level, rel=1e-12)
+    else:
+        assert stats.bound == twin_stats.bound
     assert all(torch.equal(x.grad, y.grad) for x, y in zip(params, twin_params, strict=True))
 
 
@@ -287,7 +362,10 @@ def test_nonfinite_gradients_are_neutralized_and_leave_statistics_alone(key, bad
 def test_empty_parameter_lists_and_params_without_grads(key):
     clipper = build(key)
     fresh = clipper.state_dict()
-    nothing = ClipStats(grad_norm=0.0, threshold=math.inf, clipped=False, nonfinite=False)
+    # Nothing is clipped, but bound still reports the level in force: a fresh clipper's fixed level, its
+    # cap, or its initial C (the adaptive ones have no history yet: inf).
+    level = {"norm": 1.0, "zclip_capped_skip": 2.0, "quantile": 1.0}.get(key, math.inf)
+    nothing = ClipStats(grad_norm=0.0, threshold=math.inf, bound=level, clipped=False, nonfinite=False)
     assert clipper.clip([]) == nothing
     assert clipper.clip(p for p in []) == nothing
     no_grad = [nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2, 2))]
@@ -521,4 +599,5 @@ def test_works_inside_a_training_step():
         if not stats.skip:
             opt.step()
     assert clipper.state_dict()["initialized"] is True
-    assert set(stats.as_dict()) == {"grad_norm", "threshold", "clipped", "nonfinite", "spike", "skip"}
+    assert set(stats.as_dict()) == {"grad_norm", "threshold", "bound", "clipped", "nonfinite", "spike",
+                                    "skip"}

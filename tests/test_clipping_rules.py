@@ -27,9 +27,12 @@ def feed(clipper, norm: float):
     return stats, p.grad.item()
 
 
-def expect(clipper, norm, threshold, *, clipped, spike=False, skip=False):
+def expect(clipper, norm, threshold, *, clipped, spike=False, skip=False, bound=None):
+    """Feed ``norm``; check threshold/flags, ``bound`` (when given) and the clipped gradient."""
     stats, after = feed(clipper, norm)
     assert stats.threshold == pytest.approx(threshold, rel=1e-12, abs=0.0), (norm, stats)
+    if bound is not None:
+        assert stats.bound == pytest.approx(bound, rel=1e-12, abs=0.0), (norm, stats)
     assert stats.clipped is clipped and stats.spike is spike and stats.skip is skip, stats
     # Clipped gradients are scaled by threshold / (norm + 1e-6); others are untouched.
     assert after == (pytest.approx(norm * threshold / (norm + EPS), rel=1e-12) if clipped else norm)
@@ -57,15 +60,15 @@ def test_autoclip_package_mode_uses_past_norms_only():
     # autoclip.torch.QuantileClip(global_threshold=True): threshold from the history, then append.
     c = make_clipper("autoclip", quantile=0.75, window=3, include_current=False)
     # step 1: H = []             -> no threshold (inf)                 ; H <- [1]
-    expect(c, 1.0, math.inf, clipped=False)
+    expect(c, 1.0, math.inf, clipped=False, bound=math.inf)
     # step 2: H = [1]            -> 1 ; 3 > 1 -> clip to 1              ; H <- [1, 3]
     expect(c, 3.0, 1.0, clipped=True)
     # step 3: H = [1, 3]         -> 1 + 0.75 * 2 = 2.5 ; 2 -> no clip    ; H <- [1, 3, 2]
     expect(c, 2.0, 2.5, clipped=False)
     # step 4: H = [1, 3, 2]      -> [1, 2, 3], pos 1.5: 2.5 ; clip 10    ; H <- [3, 2, 10]
-    expect(c, 10.0, 2.5, clipped=True)
-    # step 5: H = [3, 2, 10]     -> [2, 3, 10], pos 1.5: 3 + 3.5 = 6.5 ; 4 -> no clip
-    expect(c, 4.0, 6.5, clipped=False)
+    expect(c, 10.0, 2.5, clipped=True, bound=2.5)
+    # step 5: H = [3, 2, 10]     -> [2, 3, 10], pos 1.5: 3 + 3.5 = 6.5 ; 4 -> no clip (bound still 6.5)
+    expect(c, 4.0, 6.5, clipped=False, bound=6.5)
     assert c.history == [2.0, 10.0, 4.0]
 
 
@@ -102,9 +105,9 @@ def test_autoclip_quantile_agrees_with_torch_quantile_on_random_histories():
 def warmed(**kwargs):
     c = make_clipper("zclip", alpha=0.5, z_thresh=2.0, warmup_steps=2, **kwargs)
     cap = kwargs.get("max_grad_norm") or math.inf
-    expect(c, 1.0, cap, clipped=False)  # warm-up: no adaptive clipping
+    expect(c, 1.0, cap, clipped=False, bound=cap)  # warm-up: no adaptive clipping, level = the cap
     assert not c.initialized
-    expect(c, 3.0, cap, clipped=cap < 3.0)
+    expect(c, 3.0, cap, clipped=cap < 3.0, bound=cap)  # (also on the step that completes the warm-up)
     assert c.initialized and c.mean == 2.0 and c.var == 1.0
     return c
 
@@ -116,7 +119,8 @@ def test_zclip_adaptive_scaling_warmup_then_ema():
     z = (10.0 - 2.0) / (1.0 + 1e-6)
     t3 = 2.0 + (2.0 * 1.0) / (z / 2.0)
     assert t3 == pytest.approx(2.5000005, rel=1e-12)
-    expect(c, 10.0, t3, clipped=True, spike=True)
+    # bound: the detection level mean + z_thresh * std = 2 + 2 * 1 = 4 (the threshold applied is lower)
+    expect(c, 10.0, t3, clipped=True, spike=True, bound=4.0)
     # EMA with the CLIPPED norm x = t3, variance against the UPDATED mean:
     # mean = 0.5 * 2 + 0.5 * 2.5000005 = 2.25000025
     # var = 0.5 * 1 + 0.5 * (2.5000005 - 2.25000025)^2 ~ 0.53125
@@ -125,8 +129,11 @@ def test_zclip_adaptive_scaling_warmup_then_ema():
     assert c.mean == pytest.approx(2.25000025, rel=1e-12) and c.var == pytest.approx(0.53125006, rel=1e-7)
     assert (c.mean, c.var) == (pytest.approx(m3, rel=1e-15), pytest.approx(v3, rel=1e-15))
     # step 4, g = 3: z = (3 - 2.25) / (sqrt(0.53125) + 1e-6) ~ 1.03 <= 2 -> no spike, no threshold;
+    # but a level: bound = 2.25000025 + 2 * sqrt(0.53125006) ~ 2.25 + 2 * 0.72887 = 3.70774
     # EMA with g itself: mean = 0.5 * 2.25 + 1.5 = 2.625 ; var = 0.5 * 0.53125 + 0.5 * (3 - 2.625)^2 ~ 0.3359
-    expect(c, 3.0, math.inf, clipped=False)
+    b4 = m3 + 2.0 * v3**0.5
+    assert b4 == pytest.approx(3.70774, rel=1e-5)
+    expect(c, 3.0, math.inf, clipped=False, bound=b4)
     m4 = 0.5 * m3 + 0.5 * 3.0
     v4 = 0.5 * v3 + 0.5 * (3.0 - m4) ** 2
     assert c.mean == pytest.approx(m4, rel=1e-15) and c.var == pytest.approx(v4, rel=1e-15)
@@ -137,7 +144,33 @@ def test_zclip_adaptive_scaling_warmup_then_ema():
     z5 = (6.0 - m4) / (s4 + 1e-6)
     t5 = m4 + (2.0 * s4) / (z5 / 2.0)
     assert t5 == pytest.approx(3.0233, rel=1e-4)
-    expect(c, 6.0, t5, clipped=True, spike=True)
+    # bound = 2.625 + 2 * 0.57960 = 3.78420 (the z-score crossing: (3.7842 - 2.625) / 0.5796 = 2)
+    b5 = m4 + 2.0 * s4
+    assert b5 == pytest.approx(3.78420, rel=1e-5)
+    expect(c, 6.0, t5, clipped=True, spike=True, bound=b5)
+    # step 6, g = 3.5, calm, judged against the statistics after the spike (fed with t5):
+    # mean = 0.5 * 2.625 + 0.5 * 3.0233 = 2.8242 ; var = 0.5 * 0.33594 + 0.5 * (3.0233 - 2.8242)^2 = 0.18779
+    # bound = 2.8242 + 2 * sqrt(0.18779) = 2.8242 + 2 * 0.43335 = 3.6909 ; 3.5 below it -> not clipped
+    m5 = 0.5 * m4 + 0.5 * t5
+    v5 = 0.5 * v4 + 0.5 * (t5 - m5) ** 2
+    b6 = m5 + 2.0 * v5**0.5
+    assert b6 == pytest.approx(3.6909, rel=1e-4)
+    expect(c, 3.5, math.inf, clipped=False, bound=b6)
+
+
+def test_zclip_nonfinite_step_reports_the_level_in_force():
+    c = make_clipper("zclip", alpha=0.5, z_thresh=2.0, warmup_steps=2, max_grad_norm=9.0)
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    p.grad = torch.tensor([math.nan], dtype=torch.float64)
+    stats = c.clip([p])
+    # warm-up: the level is the cap; threshold 0 says "all zeroed", bound is still the level, not 0
+    assert (stats.nonfinite, stats.threshold, stats.bound) == (True, 0.0, 9.0)
+    feed(c, 1.0)
+    feed(c, 3.0)  # mean 2, var 1 (as in warmed())
+    p.grad = torch.tensor([math.inf], dtype=torch.float64)
+    stats = c.clip([p])
+    assert (stats.threshold, stats.bound) == (0.0, 4.0)  # min(2 + 2 * 1, 9)
+    assert (c.mean, c.var) == (2.0, 1.0)
 
 
 def test_zclip_clip_factor_scales_the_adaptive_threshold():
@@ -145,18 +178,18 @@ def test_zclip_clip_factor_scales_the_adaptive_threshold():
     # threshold = (2 + 2 * 1 / (z / 2)) * 0.8 ~ 2.5 * 0.8 = 2.0
     t3 = (2.0 + 2.0 / ((8.0 / (1.0 + 1e-6)) / 2.0)) * 0.8
     assert t3 == pytest.approx(2.0, rel=1e-6)
-    expect(c, 10.0, t3, clipped=True, spike=True)
+    expect(c, 10.0, t3, clipped=True, spike=True, bound=4.0)  # clip_factor scales clip_val, not the level
     assert c.mean == pytest.approx(0.5 * 2.0 + 0.5 * t3, rel=1e-15)
 
 
 def test_zclip_mean_option_clips_to_the_ema_mean():
     c = warmed(clip_option="mean")
     # step 3, g = 10, spike -> threshold = mean = 2 ; EMA with x = 2: mean = 2, var = 0.5 * 1 + 0.5 * 0 = 0.5
-    expect(c, 10.0, 2.0, clipped=True, spike=True)
+    expect(c, 10.0, 2.0, clipped=True, spike=True, bound=4.0)
     assert (c.mean, c.var) == (2.0, 0.5)
-    # step 4, g = 2.5: z = 0.5 / (0.7071 + 1e-6) ~ 0.71 -> no spike;
+    # step 4, g = 2.5: z = 0.5 / (0.7071 + 1e-6) ~ 0.71 -> no spike; bound = 2 + 2 * sqrt(0.5) = 3.41421
     # mean = 0.5 * 2 + 0.5 * 2.5 = 2.25 ; var = 0.5 * 0.5 + 0.5 * (2.5 - 2.25)^2 = 0.28125
-    expect(c, 2.5, math.inf, clipped=False)
+    expect(c, 2.5, math.inf, clipped=False, bound=2.0 + 2.0 * math.sqrt(0.5))
     assert (c.mean, c.var) == (2.25, 0.28125)
 
 
@@ -164,10 +197,10 @@ def test_zclip_percentile_mode_clips_to_mean_plus_z_std():
     c = warmed(mode="percentile", clip_factor=0.5)  # clip_factor is unused in percentile mode (as in zclip)
     # step 3: bound = 2 + 2 * 1 = 4 ; 10 > 4 -> clip to 4
     # mean = 0.5 * 2 + 0.5 * 4 = 3 ; var = 0.5 + 0.5 * 1 = 1
-    expect(c, 10.0, 4.0, clipped=True, spike=True)
+    expect(c, 10.0, 4.0, clipped=True, spike=True, bound=4.0)  # here the level is also the clip value
     assert (c.mean, c.var) == (3.0, 1.0)
     # step 4: bound = 3 + 2 = 5 ; 4.5 <= 5 -> no clip ; mean = 3.75 ; var = 0.5 + 0.5 * 0.75^2 = 0.78125
-    expect(c, 4.5, math.inf, clipped=False)
+    expect(c, 4.5, math.inf, clipped=False, bound=5.0)
     assert (c.mean, c.var) == (3.75, 0.78125)
 
 
@@ -178,19 +211,20 @@ def test_zclip_max_grad_norm_caps_every_step_but_is_not_fed_back():
     assert c.mean == 2.0  # ...but the warm-up buffer got the pre-clip 3
     # step 3, g = 10: clip_val = 2.5000005 (as above) -> applied min(2.5000005, 2.4) = 2.4
     t3 = 2.0 + 4.0 * (1.0 + 1e-6) / 8.0
-    expect(c, 10.0, 2.4, clipped=True, spike=True)
+    expect(c, 10.0, 2.4, clipped=True, spike=True, bound=2.4)  # min(2 + 2 * 1, 2.4)
     assert c.mean == pytest.approx(0.5 * 2.0 + 0.5 * t3, rel=1e-15)  # fed with 2.5000005, not 2.4
     # step 4, g = 2.45: no spike (z ~ 0.27) but above the cap -> clipped to 2.4, EMA fed with 2.45
+    # bound = min(2.25 + 2 * 0.7289, 2.4) = 2.4
     m3 = 0.5 * 2.0 + 0.5 * t3
-    expect(c, 2.45, 2.4, clipped=True)
+    expect(c, 2.45, 2.4, clipped=True, bound=2.4)
     assert c.mean == pytest.approx(0.5 * m3 + 0.5 * 2.45, rel=1e-15)
 
 
 def test_zclip_skip_update_on_spike_keeps_statistics_and_flags_the_step():
     c = warmed(skip_update_on_spike=True)
-    expect(c, 10.0, 2.0 + 4.0 * (1.0 + 1e-6) / 8.0, clipped=True, spike=True, skip=True)
+    expect(c, 10.0, 2.0 + 4.0 * (1.0 + 1e-6) / 8.0, clipped=True, spike=True, skip=True, bound=4.0)
     assert (c.mean, c.var) == (2.0, 1.0)  # untouched
-    expect(c, 3.0, math.inf, clipped=False)  # calm step: updated as usual
+    expect(c, 3.0, math.inf, clipped=False, bound=4.0)  # calm step: same level (statistics untouched)
     assert (c.mean, c.var) == (2.5, 0.5 * 1.0 + 0.5 * 0.5**2)
 
 
@@ -212,9 +246,10 @@ def test_zclip_matches_the_reference_package_on_a_long_sequence():
             if len(buffer) >= warmup:
                 mean = sum(buffer) / len(buffer)
                 var = sum((x - mean) ** 2 for x in buffer) / len(buffer)
-            assert stats.threshold == math.inf
+            assert stats.threshold == stats.bound == math.inf
             continue
         std = var**0.5
+        assert stats.bound == mean + z_thresh * std  # every step, spike or not, before the update
         z = (g - mean) / (std + eps)
         clip_val = (mean + (z_thresh * std) / (z / z_thresh)) * 1.0 if z > z_thresh else None
         assert stats.spike == (clip_val is not None)
@@ -234,12 +269,12 @@ def test_quantile_tracking_geometric_update():
     c = make_clipper("quantile", target_quantile=0.5, lr=lr, initial=1.0)
     # step 1: C = 1, g = 3 > 1 -> clip to 1 ; b = 0 -> C = 1 * 2 = 2
     expect(c, 3.0, 1.0, clipped=True)
-    # step 2: C = 2, g = 0.5 <= 2 -> no clip ; b = 1 -> C = 2 / 2 = 1
-    expect(c, 0.5, 2.0, clipped=False)
+    # step 2: C = 2, g = 0.5 <= 2 -> no clip ; b = 1 -> C = 2 / 2 = 1 (bound: the C used, 2)
+    expect(c, 0.5, 2.0, clipped=False, bound=2.0)
     # step 3: C = 1, g = 1 (boundary: b = 1 since g <= C) -> no clip ; C = 1 / 2 = 0.5
     expect(c, 1.0, 1.0, clipped=False)
     # step 4: C = 0.5, g = 1.5 -> clip to 0.5 ; C = 1
-    expect(c, 1.5, 0.5, clipped=True)
+    expect(c, 1.5, 0.5, clipped=True, bound=0.5)
     assert c.threshold == pytest.approx(1.0, rel=1e-12)
     assert c.state_dict()["threshold"] == c.threshold
 
