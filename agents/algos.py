@@ -217,7 +217,8 @@ def build_model(
     if spec.continuous_only and not isinstance(env.action_space, spaces.Box):
         raise UserError(
             f"{algo.algo} needs a continuous action space; the env has {env.action_space} "
-            "(set env.action: continuous, or use ppo/a2c/recurrent_ppo)"
+            "(set env.action: continuous -- exec_env.action for the execution task -- or use "
+            "ppo/a2c/recurrent_ppo)"
         )
     n_actions = int(math.prod(env.action_space.shape)) if isinstance(env.action_space, spaces.Box) else 1
     kwargs = _constructor_kwargs(algo, clip, n_actions)

@@ -1,5 +1,5 @@
-"""SB3 callbacks: clip statistics (``clip/…``), trading metrics per episode (``trade/…``), validation
-(``eval/…``).
+"""SB3 callbacks: clip statistics (``clip/…``), trading metrics per episode (``trade/…``) or execution
+shortfall per episode (``exec/…``), validation (``eval/…``).
 
 All values go through SB3's logger, so they land in the same TensorBoard run (and ``progress.csv``) as SB3's
 ``train/…`` and ``rollout/…`` keys, at the same steps.
@@ -15,11 +15,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.clip_hooks import ClipHooks
 
-__all__ = ["ClipLoggerCallback", "TradeMetricsCallback", "TradingEvalCallback"]
+__all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "TradingEvalCallback"]
+
+#: Validation metrics where lower is better (``max_drawdown`` by magnitude, the execution shortfall).
+LOWER_IS_BETTER = ("max_drawdown", "shortfall_bps")
 
 
 class ClipLoggerCallback(BaseCallback):
-    """Records ``clip/<part>/{grad_norm,threshold,clip_fraction,nonfinite}`` and stops a diverged run.
+    """Records ``clip/<part>/{grad_norm,threshold,bound,clip_fraction,nonfinite}``; stops a diverged run.
 
     The clip hooks accumulate python floats on every optimizer step; this callback turns them into means at
     the start of each rollout, i.e. right after the previous ``train()``. On-policy algorithms dump their logs
@@ -27,8 +30,9 @@ class ClipLoggerCallback(BaseCallback):
     ``record_mean`` is used because off-policy algorithms train (and flush) many times between two dumps.
 
     ``grad_norm`` is the mean pre-clip gradient norm of the finite steps, ``threshold`` the mean applied
-    threshold (finite ones only: ``none`` has none), ``clip_fraction`` the share of finite steps that were
-    clipped, and ``nonfinite`` the running total of skipped steps.
+    threshold (finite ones only: ``none`` has none), ``bound`` the mean clip level in force (``ClipStats.bound``:
+    defined on every step, so adaptive thresholds plot as a continuous curve), ``clip_fraction`` the share of
+    finite steps that were clipped, and ``nonfinite`` the running total of skipped steps.
 
     Args:
         hooks: the model's clip hooks.
@@ -96,14 +100,43 @@ class TradeMetricsCallback(BaseCallback):
         return True
 
 
+class ExecutionMetricsCallback(BaseCallback):
+    """Records ``exec/<key>`` (mean over the execution episodes that ended since the last dump).
+
+    Reads ``info["execution"]``, which ``CryptoFuturesExecutionEnv`` adds on an episode's last step: the
+    implementation shortfall ``exec/shortfall_bps`` (bp of the arrival notional, raw: the training reward
+    scale does not apply), its decomposition ``exec/{timing,spread,impact,fees}_bps``, the number of child
+    fills ``exec/n_fills`` and ``exec/forced_share``, the share of the order left to the forced completion.
+    """
+
+    KEYS = ("shortfall_bps", "timing_bps", "spread_bps", "impact_bps", "fees_bps", "n_fills")
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            summary = info.get("execution")
+            if summary is None:
+                continue
+            for key in self.KEYS:
+                value = summary.get(key)
+                if value is not None and math.isfinite(value):
+                    self.logger.record_mean(f"exec/{key}", float(value))
+            if summary.get("quantity"):
+                self.logger.record_mean("exec/forced_share", summary["forced_qty"] / summary["quantity"])
+        return True
+
+
 class TradingEvalCallback(BaseCallback):
     """Every ``eval_freq`` environment steps, run the policy over the validation period and log ``eval/…``.
 
+    Used by both tasks: the trading task's ``evaluate`` returns ``trade_metrics``, the execution task's the
+    shortfall statistics of the validation episodes (``agents.run.execution_metrics``).
+
     Args:
-        evaluate: returns the ``trade_metrics`` dict of one deterministic pass over the validation period.
+        evaluate: returns the metrics dict of one deterministic pass over the validation period.
         eval_freq: in environment steps summed over envs (converted to callback calls internally).
         n_envs: number of training envs.
-        metric: the metric that selects the best model (higher is better; ``max_drawdown``: lower).
+        metric: the metric that selects the best model (higher is better; lower for ``max_drawdown`` and
+            ``shortfall_bps``: ``LOWER_IS_BETTER``).
         on_best: called with the metrics whenever a new best is found (saves ``best_model.zip``).
     """
 
@@ -130,7 +163,7 @@ class TradingEvalCallback(BaseCallback):
         value = float(metrics[self.metric])
         if math.isnan(value):
             return -math.inf
-        return -value if self.metric == "max_drawdown" else value
+        return -value if self.metric in LOWER_IS_BETTER else value
 
     def run_eval(self) -> dict[str, Any]:
         metrics = self.evaluate()

@@ -7,6 +7,7 @@
     python train.py --resume runs/ppo-zclip-20250101-120000 --timesteps 20000
     python train.py evaluate runs/ppo-zclip-20250101-120000 [--split test] [--data ...]
     python train.py compare --clips none,norm,zclip --seeds 3
+    python train.py --task execution --env horizon_bars=8,quantity_adv=0.02 --timesteps 100000
 
 User mistakes print ``error: <message>`` on one line and exit with status 2 (no traceback; set
 ``PERPCLIP_DEBUG=1`` to see one). Ctrl-C saves the model and exits with status 130.
@@ -24,6 +25,7 @@ from typing import Any
 from agents.config import (
     ALGO_NAMES,
     SB3_CLIP,
+    TASKS,
     RunConfig,
     load_config,
     parse_clip_spec,
@@ -37,6 +39,13 @@ SUBCOMMANDS = ("train", "evaluate", "compare")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        metavar="|".join(TASKS),
+        help="trading (take positions, CryptoFutures-v0; default) or execution (execute a parent order "
+        "within horizon_bars, CryptoFuturesExecution-v0, judged by implementation shortfall); --env then "
+        "sets that task's env arguments",
+    )
     p.add_argument("--algo", help=f"algorithm: {', '.join(ALGO_NAMES)} (default ppo)")
     p.add_argument(
         "--clip",
@@ -70,7 +79,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--env",
         action="append",
         metavar="K=V,...",
-        help="env arguments, e.g. --env window=16,episode_bars=512,reward=differential_sharpe",
+        help="env arguments, e.g. --env window=16,episode_bars=512,reward=differential_sharpe; with --task "
+        "execution e.g. --env horizon_bars=8,quantity_adv=[0.01,0.03],side=buy,reward_scale=0.1",
     )
     p.add_argument("--eval-freq", type=int, help="validate every N steps (0: never)")
     p.add_argument(
@@ -128,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig of a train command: ``--config`` (or defaults), then every given option over it."""
     cfg = load_config(args.config) if args.config else RunConfig()
+    task = getattr(args, "task", None)  # the compare subcommand has no --task
+    if task is not None:
+        cfg = cfg.with_task(task)
     algo: dict[str, Any] = {}
     if args.algo is not None:
         algo["algo"] = args.algo
@@ -161,8 +174,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     env: dict[str, Any] = {}
+    env_section = "exec_env" if cfg.task == "execution" else "env"
     for item in args.env or ():
         kw = parse_kwargs(item, where="--env")
+        if env_section == "exec_env":  # every argument of the execution env is a field: unknown ones fail
+            env.update(kw)
+            continue
         known = {f for f in RunConfig().env.__dataclass_fields__}
         env.update({k: v for k, v in kw.items() if k in known})
         extra = {k: v for k, v in kw.items() if k not in known}
@@ -171,15 +188,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     evl: dict[str, Any] = {}
     if args.eval_freq is not None:
         evl["eval_freq"] = args.eval_freq
-    changes = {
-        k: v for k, v in (("algo", algo), ("clip", clip), ("data", data), ("env", env), ("eval", evl)) if v
-    }
+    sections = (("algo", algo), ("clip", clip), ("data", data), (env_section, env), ("eval", evl))
+    changes = {k: v for k, v in sections if v}
     return cfg.replace(**changes) if changes else cfg
 
 
 def _new_run_dir(cfg: RunConfig, root: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = root / f"{cfg.algo.algo}-{cfg.clip.label}-{stamp}"
+    task = "exec-" if cfg.task == "execution" else ""
+    base = root / f"{task}{cfg.algo.algo}-{cfg.clip.label}-{stamp}"
     path, n = base, 1
     while path.exists():  # never reuse a folder (two runs started in the same second)
         path = base.with_name(f"{base.name}-{n}")
@@ -192,6 +209,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given = [
             opt
             for opt, v in (
+                ("--task", args.task),
                 ("--algo", args.algo),
                 ("--clip", args.clip),
                 ("--policy-clip", args.policy_clip),
@@ -242,8 +260,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or 1)
     progress = sys.stdout.isatty() if args.progress is None else args.progress
     verb = "resuming" if args.resume else "training"
+    what = ""
+    if cfg.task == "execution":
+        what = f"for the execution task (horizon {cfg.exec_env.horizon_bars} bars) "
     print(
-        f"{verb} {cfg.algo.algo} (policy clip {cfg.clip.policy}, value clip {cfg.clip.value}) on "
+        f"{verb} {cfg.algo.algo} {what}(policy clip {cfg.clip.policy}, value clip {cfg.clip.value}) on "
         f"{cfg.data.data}{' (trained on ' + cfg.data.train_data + ')' if cfg.data.train_data else ''} "
         f"for {cfg.algo.timesteps} steps, seed {cfg.algo.seed}",
         flush=True,
@@ -271,10 +292,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"updates clipped: {fr}; skipped (non-finite): {nf}")
     if result.best_eval is not None:
         m = result.best_eval
-        print(
-            f"best validation: Sharpe {m['sharpe']:.2f}, return {m['total_return']:+.2%} -> "
-            f"{run_dir / 'best_model.zip'}"
-        )
+        if cfg.task == "execution":
+            best = (
+                f"mean shortfall {m['shortfall_bps']:.2f} bp (TWAP {m['twap_shortfall_bps']:.2f} bp, "
+                f"{m['episodes']} episodes)"
+            )
+        else:
+            best = f"Sharpe {m['sharpe']:.2f}, return {m['total_return']:+.2%}"
+        print(f"best validation: {best} -> {run_dir / 'best_model.zip'}")
     print(f"evaluate:   python train.py evaluate {run_dir}")
     return 130 if result.interrupted else 0
 
@@ -282,13 +307,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).is_dir():  # before the heavy imports: a typo should fail instantly
         raise UserError(f"run folder {args.run_dir!r} does not exist")
-    from agents.run import evaluate, format_table
+    from agents.run import EQUITY_PLOT, SHORTFALL_PLOT, ExecEvalReport, evaluate, format_table
 
     report = evaluate(args.run_dir, data=args.data, split=args.split, funding=args.funding, model=args.model)
     a, b = report.period
-    print(f"{args.split} period: bars [{a}, {b}) ({b - a} bars), deterministic policy, after all costs")
+    if isinstance(report, ExecEvalReport):
+        n_bars = len({bar for bar, _, _ in report.episodes})
+        sides = sorted({"buy" if s > 0 else "sell" for _, s, _ in report.episodes})
+        print(
+            f"{args.split} period: bars [{a}, {b}) ({b - a} bars), {len(report.episodes)} execution episodes "
+            f"({n_bars} arrival bars x {'/'.join(sides)}), the same for every policy; deterministic policy"
+        )
+        print("implementation shortfall in bp of the arrival notional, fees included (lower is better)")
+        plot = SHORTFALL_PLOT
+    else:
+        print(f"{args.split} period: bars [{a}, {b}) ({b - a} bars), deterministic policy, after all costs")
+        plot = EQUITY_PLOT
     print(format_table(report))
-    print(f"wrote {Path(args.run_dir) / 'eval.json'} and {Path(args.run_dir) / 'equity.png'}")
+    print(f"wrote {Path(args.run_dir) / 'eval.json'} and {Path(args.run_dir) / plot}")
     return 0
 
 

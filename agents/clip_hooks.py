@@ -88,6 +88,8 @@ class PartStats:
     window_clipped: int = 0
     window_threshold: float = 0.0
     window_threshold_n: int = 0
+    window_bound: float = 0.0
+    window_bound_n: int = 0
 
     def update(self, stats: Any) -> None:
         self.steps += 1
@@ -104,6 +106,11 @@ class PartStats:
         if math.isfinite(stats.threshold):
             self.window_threshold += stats.threshold
             self.window_threshold_n += 1
+        # `bound` is the clip level in force even on steps that clip nothing (zclip's threshold is inf then),
+        # so it is the continuous adaptive-threshold curve users want to watch.
+        if math.isfinite(stats.bound):
+            self.window_bound += stats.bound
+            self.window_bound_n += 1
 
     def flush(self) -> dict[str, float]:
         """Means over the window (finite steps only), then reset the window. Empty dict if no step."""
@@ -113,8 +120,10 @@ class PartStats:
             out["clip_fraction"] = self.window_clipped / self.window_n
         if self.window_threshold_n:
             out["threshold"] = self.window_threshold / self.window_threshold_n
-        self.window_n = self.window_clipped = self.window_threshold_n = 0
-        self.window_norm = self.window_threshold = 0.0
+        if self.window_bound_n:
+            out["bound"] = self.window_bound / self.window_bound_n
+        self.window_n = self.window_clipped = self.window_threshold_n = self.window_bound_n = 0
+        self.window_norm = self.window_threshold = self.window_bound = 0.0
         return out
 
     def totals(self) -> dict[str, int]:

@@ -775,6 +775,13 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
     for job in jobs:
         try:
             cfg = RunConfig.from_dict(job.config)
+            if cfg.task != "trading":
+                # compare scores runs by their test-period trading metrics (Sharpe, return); an execution run
+                # reports shortfall instead, so it would fail inside every run rather than here.
+                raise UserError(
+                    f"compare supports task 'trading' only, got task {cfg.task!r}; "
+                    "evaluate execution runs one by one with `train.py evaluate`"
+                )
             if job.clip not in checked:
                 validate_clip(cfg.clip)
                 resolve_config(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ __all__ = [
     "DataConfig",
     "EnvConfig",
     "EvalConfig",
+    "ExecEnvConfig",
     "RunConfig",
+    "TASKS",
     "load_config",
     "parse_clip_spec",
     "parse_kwargs",
@@ -36,6 +39,14 @@ __all__ = [
 #: Algorithms ``AlgoConfig.algo`` accepts (SB3 PPO/SAC/A2C/TD3 and sb3-contrib RecurrentPPO).
 ALGO_NAMES = ("ppo", "sac", "a2c", "td3", "recurrent_ppo")
 _ALGO_ALIASES = {"rppo": "recurrent_ppo", "recurrentppo": "recurrent_ppo", "ppo_lstm": "recurrent_ppo"}
+
+#: What ``RunConfig.task`` accepts: take positions (``CryptoFutures-v0``, env section ``env``) or execute a
+#: parent order (``CryptoFuturesExecution-v0``, env section ``exec_env``).
+TASKS = ("trading", "execution")
+#: Validation metric that selects ``best_model.zip`` when ``eval.metric`` is not given, per task.
+DEFAULT_METRIC = {"trading": "sharpe", "execution": "shortfall_bps"}
+TRADING_METRICS = ("total_return", "sharpe", "sortino", "max_drawdown", "calmar")
+EXECUTION_METRICS = ("shortfall_bps",)
 
 #: Pseudo clipper name: no perpclip hook, SB3's own gradient clipping (``max_grad_norm``, PPO/A2C only) as
 #: configured. Must be used for both parts. The baseline "what SB3 does out of the box".
@@ -276,33 +287,147 @@ class EnvConfig:
         return d
 
 
+def _check_size(name: str, value: Any) -> float | tuple[float, float] | None:
+    """A parent size: None, a number > 0, or a ``[low, high]`` pair (a tuple, so YAML round-trips)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"exec_env.{name} must be > 0, got {value!r}")
+        return float(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError):
+            lo = hi = math.nan
+        if math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi:
+            return (lo, hi)
+    raise UserError(
+        f"exec_env.{name} must be a number > 0 or a [low, high] range with 0 < low <= high, got {value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class ExecEnvConfig:
+    """Arguments of ``envs.execution_env.CryptoFuturesExecutionEnv`` (``task: execution``; see its docstring).
+
+    Attributes:
+        horizon_bars: bars to complete each parent order (``T``).
+        quantity, quantity_adv: parent size in base units, or as a fraction of the average daily volume; a
+            number or a ``[low, high]`` range drawn per episode; at most one of the two (both None: the env's
+            default, 1 % to 5 % of ADV).
+        side: ``buy``, ``sell`` or ``random`` (per episode). Evaluation runs every arrival bar as a buy and
+            as a sell with ``random``, else only the given side.
+        action, n_levels: continuous fraction of the remainder, or ``n_levels`` discrete fractions.
+        execution: dict of ``envs.contract.ExecutionConfig`` fields (None: the env's defaults).
+        impact_halflife: half-life in bars of the transient impact (None: purely temporary impact).
+        window: past returns in the observation.
+        profile_days: days of the intraday volume profile and of the ADV (also the warm-up).
+        reward_scale: training rewards (basis points of the arrival notional) are multiplied by this, so
+            that PPO's value targets are O(1-10) rather than O(100) bp; evaluation always reports raw bp.
+    """
+
+    horizon_bars: int = 12
+    quantity: float | tuple[float, float] | None = None
+    quantity_adv: float | tuple[float, float] | None = None
+    side: str = "random"
+    action: str = "continuous"
+    n_levels: int = 11
+    execution: dict[str, Any] | None = None
+    impact_halflife: float | None = None
+    window: int = 8
+    profile_days: int = 7
+    reward_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, low in (("horizon_bars", 1), ("n_levels", 2), ("window", 1), ("profile_days", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise UserError(f"exec_env.{name} must be an integer >= {low}, got {v!r}")
+        for name in ("quantity", "quantity_adv"):
+            object.__setattr__(self, name, _check_size(name, getattr(self, name)))
+        if self.quantity is not None and self.quantity_adv is not None:
+            raise UserError(
+                "exec_env: give the parent size as quantity (base units) or as quantity_adv (fraction of the "
+                "average daily volume), not both; set the other to null"
+            )
+        if self.side not in ("buy", "sell", "random"):
+            raise UserError(f"exec_env.side must be 'buy', 'sell' or 'random', got {self.side!r}")
+        if self.action not in ("continuous", "discrete"):
+            raise UserError(f"exec_env.action must be 'continuous' or 'discrete', got {self.action!r}")
+        if self.execution is not None and not isinstance(self.execution, dict):
+            raise UserError(
+                f"exec_env.execution must be a mapping of ExecutionConfig fields, got {self.execution!r}"
+            )
+        if self.execution is not None:
+            object.__setattr__(self, "execution", dict(self.execution))
+        hl = self.impact_halflife
+        if hl is not None and (
+            isinstance(hl, bool) or not isinstance(hl, (int, float)) or not (math.isfinite(hl) and hl > 0)
+        ):
+            raise UserError(f"exec_env.impact_halflife must be a number of bars > 0 or null, got {hl!r}")
+        rs = self.reward_scale
+        if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not (math.isfinite(rs) and rs > 0):
+            raise UserError(f"exec_env.reward_scale must be a number > 0 (e.g. 0.1), got {rs!r}")
+        object.__setattr__(self, "reward_scale", float(rs))
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """The constructor keywords (``execution`` still a dict; ``reward_scale`` is a training wrapper)."""
+        d = {
+            "horizon_bars": self.horizon_bars,
+            "quantity": self.quantity,
+            "quantity_adv": self.quantity_adv,
+            "side": self.side,
+            "action": self.action,
+            "n_levels": self.n_levels,
+            "impact_halflife": self.impact_halflife,
+            "window": self.window,
+            "profile_days": self.profile_days,
+        }
+        if self.execution is not None:
+            d["execution"] = dict(self.execution)
+        return d
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """Periodic evaluation on the validation split during training.
+    """Periodic evaluation on the validation split during training (and the episodes of ``evaluate``).
 
     Attributes:
         eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it.
-        metric: key of ``envs.metrics.trade_metrics`` that selects ``best_model.zip`` (higher is better,
-            except ``max_drawdown`` which is compared by magnitude).
+        metric: the validation metric that selects ``best_model.zip``. Trading: a key of
+            ``envs.metrics.trade_metrics`` (higher is better, except ``max_drawdown``, compared by
+            magnitude). Execution: ``shortfall_bps``, the mean implementation shortfall (lower is better).
+            None (the default): ``sharpe`` for trading, ``shortfall_bps`` for execution; ``RunConfig``
+            fills it in, so ``config.yaml`` records the metric used.
         deterministic: act with the policy's mode (mean action) rather than sampling.
         save_best: keep ``best_model.zip`` (with its clipper and normalization state).
+        exec_starts: execution task only: at most this many arrival bars per evaluated period, evenly
+            spaced (each run once per side); None: every valid arrival bar. Bounds the time of a
+            validation pass on long data.
     """
 
     eval_freq: int = 10_000
-    metric: str = "sharpe"
+    metric: str | None = None
     deterministic: bool = True
     save_best: bool = True
+    exec_starts: int | None = 256
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_freq, bool) or not isinstance(self.eval_freq, int) or self.eval_freq < 0:
             raise UserError(
                 f"eval.eval_freq must be an integer >= 0 (0 disables evaluation), got {self.eval_freq!r}"
             )
-        valid = ("total_return", "sharpe", "sortino", "max_drawdown", "calmar")
-        if self.metric not in valid:
+        valid = TRADING_METRICS + EXECUTION_METRICS
+        if self.metric is not None and self.metric not in valid:
             raise UserError(
-                f"eval.metric must be one of {', '.join(valid)}, got {self.metric!r}."
-                f"{_did_you_mean(self.metric, valid)}"
+                f"eval.metric must be one of {', '.join(valid)} (or null: the task's default), got "
+                f"{self.metric!r}.{_did_you_mean(str(self.metric), valid)}"
+            )
+        n = self.exec_starts
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(
+                f"eval.exec_starts must be an integer >= 1 or null (every arrival bar), got {n!r}"
             )
 
 
@@ -311,8 +436,11 @@ _SECTIONS: dict[str, type] = {
     "clip": ClipConfig,
     "data": DataConfig,
     "env": EnvConfig,
+    "exec_env": ExecEnvConfig,
     "eval": EvalConfig,
 }
+#: The env section each task uses; the other one is written to ``config.yaml`` only when it is not default.
+_TASK_ENV_SECTION = {"trading": "env", "execution": "exec_env"}
 
 
 def _to_plain(value: Any) -> Any:
@@ -347,27 +475,57 @@ def _section_from_dict(cls: type, d: Any, where: str) -> Any:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a training run; ``config.yaml`` of a run folder is ``to_dict()`` of it."""
+    """Everything that defines a training run; ``config.yaml`` of a run folder is ``to_dict()`` of it.
+
+    ``task`` is ``trading`` (``CryptoFutures-v0``, configured by ``env``) or ``execution``
+    (``CryptoFuturesExecution-v0``, configured by ``exec_env``).
+    """
 
     task: str = "trading"
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     data: DataConfig = field(default_factory=DataConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    exec_env: ExecEnvConfig = field(default_factory=ExecEnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.task != "trading":
-            raise UserError(f"task must be 'trading' (the only task train.py runs so far), got {self.task!r}")
+        if self.task not in TASKS:
+            raise UserError(
+                f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}."
+                f"{_did_you_mean(str(self.task), TASKS)}"
+            )
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 object.__setattr__(self, name, _section_from_dict(cls, getattr(self, name), name))
+        metric = self.eval.metric
+        if metric is None:
+            object.__setattr__(self, "eval", dataclasses.replace(self.eval, metric=DEFAULT_METRIC[self.task]))
+        else:
+            valid = TRADING_METRICS if self.task == "trading" else EXECUTION_METRICS
+            if metric not in valid:
+                raise UserError(
+                    f"eval.metric {metric!r} does not apply to task {self.task!r}; use one of "
+                    f"{', '.join(valid)} (or null: {DEFAULT_METRIC[self.task]})"
+                )
+
+    @property
+    def task_env(self) -> EnvConfig | ExecEnvConfig:
+        """The env section of this task: ``env`` (trading) or ``exec_env`` (execution)."""
+        return getattr(self, _TASK_ENV_SECTION[self.task])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, YAML-safe nested dict (``RunConfig.from_dict(cfg.to_dict()) == cfg``)."""
+        """Plain, YAML-safe nested dict (``RunConfig.from_dict(cfg.to_dict()) == cfg``).
+
+        The env section of the other task is left out while it holds only defaults (it is not used).
+        """
         out: dict[str, Any] = {"task": self.task}
-        for name in _SECTIONS:
-            out[name] = _to_plain(dataclasses.asdict(getattr(self, name)))
+        for name, cls in _SECTIONS.items():
+            section = getattr(self, name)
+            unused = name in _TASK_ENV_SECTION.values() and name != _TASK_ENV_SECTION[self.task]
+            if unused and section == cls():
+                continue
+            out[name] = _to_plain(dataclasses.asdict(section))
         return out
 
     @classmethod
@@ -390,6 +548,15 @@ class RunConfig:
             kwargs[name] = _section_from_dict(section, d.get(name), name)
         return cls(**kwargs)
 
+    def with_task(self, task: str) -> RunConfig:
+        """A copy for another task; an ``eval.metric`` that was the old task's default follows the task."""
+        if task == self.task:
+            return self
+        evl = self.eval
+        if self.task in DEFAULT_METRIC and evl.metric == DEFAULT_METRIC[self.task]:
+            evl = dataclasses.replace(evl, metric=None)
+        return dataclasses.replace(self, task=task, eval=evl)
+
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some fields of some sections changed: ``cfg.replace(algo={"seed": 3})``."""
         changes = {}
@@ -399,7 +566,10 @@ class RunConfig:
             current = dataclasses.asdict(getattr(self, name))
             unknown = sorted(set(fields_) - set(current))
             if unknown:
-                raise UserError(f"unknown key(s) {', '.join(map(repr, unknown))} in config section {name!r}")
+                raise UserError(
+                    f"unknown key(s) {', '.join(map(repr, unknown))} in config section {name!r}; valid keys: "
+                    f"{', '.join(current)}.{_did_you_mean(unknown[0], list(current))}"
+                )
             current.update(fields_)
             changes[name] = _section_from_dict(_SECTIONS[name], current, name)
         return dataclasses.replace(self, **changes)

@@ -1,9 +1,13 @@
 """Markets, time splits and envs for a run: training VecEnv, and whole-period envs for validation and test.
 
+Two tasks: ``trading`` (``envs.trading_env.CryptoFuturesEnv``, configured by ``EnvConfig``) and
+``execution`` (``envs.execution_env.CryptoFuturesExecutionEnv``, configured by ``ExecEnvConfig``); the
+functions here take either config and build the matching env.
+
 A period ``[start, stop)`` of bars is evaluated on ``market.slice(start - warmup, stop)`` with the first
-decision pinned at ``start`` (``reset(options={"start": warmup})``): the bars before ``start`` feed the
-features only, the agent never acts on (or is scored on) anything outside the period, and nothing after
-``stop`` exists for the env.
+decision pinned at ``start`` (``reset(options={"start": warmup})``; execution episodes start at any arrival
+bar from there to ``stop - 1 - horizon_bars``): the bars before ``start`` feed the features only, the agent
+never acts on (or is scored on) anything outside the period, and nothing after ``stop`` exists for the env.
 """
 
 from __future__ import annotations
@@ -15,19 +19,21 @@ from typing import Any
 
 import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
-from agents.config import DataConfig, EnvConfig, RunConfig
+from agents.config import DataConfig, EnvConfig, ExecEnvConfig, RunConfig
 from agents.errors import UserError
 
 __all__ = [
     "Period",
+    "ScaledRewardVecEnv",
     "load_data",
     "make_env",
     "make_period_env",
     "make_train_env",
     "policy_act",
     "split_ranges",
+    "warmup_bars",
 ]
 
 VECNORMALIZE_FILE = "vecnormalize.pkl"
@@ -57,7 +63,17 @@ def load_data(spec: str, funding: str | None = None) -> Any:
 
 
 def split_ranges(n_bars: int, data: DataConfig) -> dict[str, Period]:
-    """Train/val/test periods: ``envs.splits.time_split`` fractions, overridden by explicit ranges."""
+    """Train/val/test periods: ``envs.splits.time_split`` fractions, overridden by explicit ranges.
+
+    With an explicit ``train_range`` or ``test_range`` (a walk-forward fold) and no ``val_range``, the
+    validation period is empty, at the end of the train range: the fraction split's validation bars could
+    lie inside or after the fold's test period, and the model selected on them would have seen the future.
+    Give ``val_range`` explicitly to validate in such a fold.
+
+    Raises:
+        UserError: a range past the end of the data; periods that overlap; a validation period (or a
+            train period) that does not end before the test period starts.
+    """
     from envs.splits import time_split
 
     try:
@@ -72,10 +88,30 @@ def split_ranges(n_bars: int, data: DataConfig) -> dict[str, Period]:
                     f"data.{name}_range {list(explicit)} goes past the end of the data ({n_bars} bars)"
                 )
             ranges[name] = tuple(explicit)
+    explicit_split = data.train_range is not None or data.test_range is not None
+    if explicit_split and data.val_range is None:
+        stop = ranges["train"][1]
+        ranges["val"] = (stop, stop)
+    test_start = ranges["test"][0]
+    for name in ("train", "val"):
+        a, b = ranges[name]
+        if b > a and b > test_start:
+            raise UserError(
+                f"the {name} period [{a}, {b}) does not end before the test period "
+                f"[{test_start}, {ranges['test'][1]}) starts: it would select or train the model on bars at "
+                f"or after the test bars; set data.{name}_range (or data.test_range) so that it ends by bar "
+                f"{test_start}"
+            )
+    (ta, tb), (va, vb) = ranges["train"], ranges["val"]
+    if vb > va and va < tb and ta < vb:
+        raise UserError(
+            f"the validation period [{va}, {vb}) overlaps the train period [{ta}, {tb}); "
+            "set data.val_range outside data.train_range"
+        )
     return {name: Period(name, int(a), int(b)) for name, (a, b) in ranges.items()}
 
 
-def _env_kwargs(env_cfg: EnvConfig) -> dict[str, Any]:
+def _env_kwargs(env_cfg: EnvConfig | ExecEnvConfig) -> dict[str, Any]:
     from envs.contract import ExecutionConfig, MarginConfig
 
     kw = env_cfg.env_kwargs()
@@ -83,69 +119,121 @@ def _env_kwargs(env_cfg: EnvConfig) -> dict[str, Any]:
         if key in kw:
             try:
                 kw[key] = cls(**kw[key])
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
+                section = "exec_env" if isinstance(env_cfg, ExecEnvConfig) else "env"
                 names = ", ".join(f.name for f in dataclasses.fields(cls))
-                raise UserError(f"env.{key}: {exc}; valid fields: {names}") from None
+                hint = f"; valid fields: {names}" if isinstance(exc, TypeError) else ""
+                raise UserError(f"{section}.{key}: {exc}{hint}") from None
     return kw
 
 
-def make_env(market: Any, env_cfg: EnvConfig, **overrides: Any) -> Any:
-    """One ``CryptoFuturesEnv`` on ``market`` with the config's arguments (and ``overrides``)."""
-    from envs.trading_env import CryptoFuturesEnv
-
+def make_env(market: Any, env_cfg: EnvConfig | ExecEnvConfig, **overrides: Any) -> Any:
+    """One env on ``market`` with the config's arguments (and ``overrides``): a ``CryptoFuturesEnv`` for an
+    ``EnvConfig``, a ``CryptoFuturesExecutionEnv`` for an ``ExecEnvConfig``."""
     kw = {**_env_kwargs(env_cfg), **overrides}
+    if isinstance(env_cfg, ExecEnvConfig):
+        from envs.execution_env import CryptoFuturesExecutionEnv as env_cls
+
+        what = "execution"
+    else:
+        from envs.trading_env import CryptoFuturesEnv as env_cls
+
+        what = "trading"
     try:
-        return CryptoFuturesEnv(market, **kw)
+        return env_cls(market, **kw)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"cannot build the trading env: {exc}") from None
+        raise UserError(f"cannot build the {what} env: {exc}") from None
 
 
-def warmup_bars(market: Any, env_cfg: EnvConfig) -> int:
+def _whole_data(env_cfg: EnvConfig | ExecEnvConfig) -> dict[str, Any]:
+    """Overrides for an env that runs a whole period (trading: no episode length limit)."""
+    return {} if isinstance(env_cfg, ExecEnvConfig) else {"episode_bars": None}
+
+
+def warmup_bars(market: Any, env_cfg: EnvConfig | ExecEnvConfig) -> int:
     """Bars of history the env needs before its first decision (``env.min_start`` on this market)."""
-    return int(make_env(market, env_cfg, episode_bars=None).min_start)
+    return int(make_env(market, env_cfg, **_whole_data(env_cfg)).min_start)
 
 
-def make_period_env(market: Any, env_cfg: EnvConfig, period: Period) -> tuple[Any, int, Period]:
+def make_period_env(
+    market: Any, env_cfg: EnvConfig | ExecEnvConfig, period: Period
+) -> tuple[Any, int, Period]:
     """An env over ``period`` (plus warm-up bars before it), the local start bar to pass to reset, and the
     period actually traded.
 
     A period that starts before the warm-up is complete (the train split starts at bar 0) is traded from the
-    first bar with a full history: the returned period says so.
+    first bar with a full history: the returned period says so. For the execution task the local start is
+    the first arrival bar (``env.min_start``); every episode's fills lie inside the period.
 
     Raises:
-        UserError: the period is too short to trade.
+        UserError: the period is too short to trade (execution: shorter than ``horizon_bars + 1``).
     """
     warm = warmup_bars(market, env_cfg)
     if period.start < warm:
         period = Period(period.name, warm, period.stop)
-    if period.stop - period.start < 2:
-        raise UserError(
-            f"the {period.name} period [{period.start}, {period.stop}) is too short to trade "
-            f"(the env needs {warm} bars of history before its first decision)"
+    execution = isinstance(env_cfg, ExecEnvConfig)
+    need = env_cfg.horizon_bars + 1 if execution else 2
+    if period.stop - period.start < need:
+        what = (
+            f"to execute an order over horizon_bars={env_cfg.horizon_bars} (it needs {need} bars"
+            if execution
+            else "to trade (it needs 2 bars"
         )
-    env = make_env(market.slice(period.start - warm, period.stop), env_cfg, episode_bars=None)
+        raise UserError(
+            f"the {period.name} period [{period.start}, {period.stop}) is too short {what} after "
+            f"{warm} bars of history)"
+        )
+    env = make_env(market.slice(period.start - warm, period.stop), env_cfg, **_whole_data(env_cfg))
+    if int(env.min_start) != warm:  # the warm-up is a function of the config only; guard the slicing
+        raise RuntimeError(f"warm-up changed with the data slice ({warm} -> {env.min_start})")
     return env, warm, period
 
 
 def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> VecEnv:
     """The training VecEnv: ``n_envs`` Monitor-wrapped envs on the training market, seeded ``seed + i``.
 
-    Episodes start at random bars (drawn from each env's ``np_random``) and last ``env.episode_bars``.
+    Trading episodes start at random bars (drawn from each env's ``np_random``) and last
+    ``env.episode_bars``; execution episodes draw arrival bar, side and size the same way. For the
+    execution task the rewards (bp) are multiplied by ``exec_env.reward_scale`` after the Monitor, so
+    ``rollout/ep_rew_mean`` stays minus the mean shortfall in bp.
     """
     seed = cfg.algo.seed if seed is None else seed
+    env_cfg = cfg.task_env
     # Build one env now so a bad env config fails here with a clear message rather than inside the VecEnv.
-    probe = make_env(market, cfg.env)
+    probe = make_env(market, env_cfg)
     probe.close()
 
     def factory() -> Any:
-        return make_env(market, cfg.env)
+        return make_env(market, env_cfg)
 
-    vec = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
+    vec: VecEnv = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
+    if isinstance(env_cfg, ExecEnvConfig) and env_cfg.reward_scale != 1.0:
+        vec = ScaledRewardVecEnv(vec, env_cfg.reward_scale)
     if cfg.algo.normalize_obs or cfg.algo.normalize_reward:
         vec = VecNormalize(
             vec, norm_obs=cfg.algo.normalize_obs, norm_reward=cfg.algo.normalize_reward, gamma=_gamma(cfg)
         )
     return vec
+
+
+class ScaledRewardVecEnv(VecEnvWrapper):
+    """Multiplies the rewards by a constant (training only; the Monitor inside still sees raw rewards).
+
+    Args:
+        venv: the VecEnv.
+        scale: the factor (> 0).
+    """
+
+    def __init__(self, venv: VecEnv, scale: float) -> None:
+        super().__init__(venv)
+        self.scale = float(scale)
+
+    def reset(self) -> Any:
+        return self.venv.reset()
+
+    def step_wait(self) -> Any:
+        obs, rewards, dones, infos = self.venv.step_wait()
+        return obs, rewards * self.scale, dones, infos
 
 
 class FreshInfoVecEnv(DummyVecEnv):
@@ -179,9 +267,11 @@ def _gamma(cfg: RunConfig) -> float:
 def policy_act(
     model: Any, *, vecnormalize: VecNormalize | None = None, deterministic: bool = True
 ) -> Callable[[np.ndarray, dict], np.ndarray]:
-    """An ``act(obs, info) -> action`` for ``envs.baselines.run_episode`` from an SB3 model.
+    """An ``act(obs, info) -> action`` for ``envs.baselines.run_episode`` (and
+    ``envs.execution_baselines.run_execution_episode``) from an SB3 model.
 
-    Recurrent policies carry their LSTM state between calls; a fresh ``act`` starts a fresh episode.
+    Recurrent policies carry their LSTM state between calls; ``act.reset(env)`` (called by both episode
+    runners after ``env.reset``) starts a fresh one, so one ``act`` can run many episodes.
     Observations are normalized with the training statistics when the run used ``VecNormalize``.
     """
     state: Any = None
@@ -197,4 +287,10 @@ def policy_act(
         episode_start = np.zeros((1,), dtype=bool)
         return action
 
+    def reset(env: Any = None) -> None:
+        nonlocal state, episode_start
+        state = None
+        episode_start = np.ones((1,), dtype=bool)
+
+    act.reset = reset  # type: ignore[attr-defined]
     return act

@@ -5,7 +5,8 @@ best prediction of the next bar's return is ``phi r_t`` and the optimal policy i
 (``envs.synthetic.planted_oracle_positions``). One long series is split in time (train / val / test); each
 agent is trained with ``agents.run.train`` (zclip on both updates) on the train period, its best model is
 chosen on the validation period, and ``agents.run.evaluate`` runs it deterministically over the test period,
-with the env's fees, spread and funding (impact off: see ``NO_IMPACT``).
+with the env's full costs: fees, spread, square-root impact, participation cap and funding
+(``--no-impact`` drops impact and the cap, for comparison).
 
 The oracle is ``planted_oracle_positions`` with its no-trade threshold (stay flat while the expected edge is
 below it, so fees do not eat the edge) chosen on the *validation* period from a grid; it is then run over the
@@ -32,10 +33,8 @@ from agents.run import evaluate, train
 from envs.baselines import run_episode
 from envs.synthetic import PlantedParams, default_funding_params, planted_oracle_positions
 
-#: Execution costs of the benchmark: the env's default fees and spread, without the square-root impact and the
-#: participation cap. The synthetic market's volume is drawn in base units (BTC) around a fixed level while
-#: its price random-walks over orders of magnitude on a long series (a 500k-bar path ends near $10), so the
-#: order size relative to volume, hence impact, would measure that artifact rather than the agents.
+#: Execution settings of ``--no-impact``: the env's default fees and spread, without the square-root impact
+#: and the participation cap (the synthetic market's traded notional is stationary, so impact is realistic).
 NO_IMPACT = {"impact_coef": 0.0, "max_participation": None}
 
 #: No-trade thresholds (expected next-bar log return) tried for the oracle on the train period.
@@ -46,7 +45,7 @@ def base_config(args: argparse.Namespace) -> RunConfig:
     spec = f"synthetic:planted:n_bars={args.n_bars},seed={args.market_seed},phi={args.phi}"
     return RunConfig().replace(
         data={"data": spec, "val": args.val, "test": args.test},
-        env={"window": args.window, "episode_bars": 256, "execution": NO_IMPACT},
+        env={"window": args.window, "episode_bars": 256, "execution": NO_IMPACT if args.no_impact else None},
         eval={"eval_freq": 50_000, "metric": "sharpe"},
     )
 
@@ -112,6 +111,7 @@ def main() -> int:
     parser.add_argument("--ppo-timesteps", type=int, default=300_000)
     parser.add_argument("--sac-timesteps", type=int, default=40_000)
     parser.add_argument("--model", choices=("best", "final"), default="best")
+    parser.add_argument("--no-impact", action="store_true", help="fees, spread and funding only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = base_config(args)
@@ -136,7 +136,12 @@ def main() -> int:
     print(
         f"\nplanted market: AR(1) phi={args.phi}, {args.n_bars} 1h bars (seed {args.market_seed}); "
         f"test = last "
-        f"{args.test:.0%}, deterministic policies, after fees, spread and funding (no impact, see NO_IMPACT)"
+        f"{args.test:.0%}, deterministic policies, after "
+        + (
+            "fees, spread and funding (--no-impact)"
+            if args.no_impact
+            else "all costs (fees, spread, impact, funding)"
+        )
     )
     print(f"{'':44}{'Sharpe':>9}{'return':>12}{'max DD':>9}{'turnover':>11}{'vs oracle':>11}")
     for name, m in rows.items():

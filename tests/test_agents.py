@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stable_baselines3.common.env_util import make_vec_env
 
 from agents.algos import build_model, load_model, resolve_hyperparams, save_model
@@ -83,6 +85,59 @@ def set_grads(params, fill):
     """Give every parameter a gradient (fill: a function of the parameter)."""
     for p in params:
         p.grad = fill(p)
+
+
+# ----------------------------------------------------------------------------------------------- splits
+
+
+def test_explicit_fold_without_val_range_gets_no_validation_after_its_test_period():
+    from agents.config import DataConfig
+    from agents.env_factory import split_ranges
+
+    # The look-ahead this guards against: the fraction split put validation at [699, 849), after the test.
+    p = split_ranges(999, DataConfig(train_range=(0, 150), test_range=(150, 200)))
+    assert (p["train"].start, p["train"].stop, p["test"].start, p["test"].stop) == (0, 150, 150, 200)
+    assert (p["val"].start, p["val"].stop) == (150, 150)
+    with pytest.raises(UserError, match=r"validation period \[150, 200\)|does not end before the test"):
+        split_ranges(999, DataConfig(train_range=(0, 150), val_range=(150, 250), test_range=(200, 300)))
+    with pytest.raises(UserError, match="does not end before the test period"):
+        split_ranges(999, DataConfig(test_range=(100, 200)))  # fraction train [0, 699) overlaps it
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n_bars=st.integers(60, 3000),
+    cuts=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4),
+    which=st.sampled_from(["train", "test", "both", "none"]),
+    val_range=st.booleans(),
+)
+def test_validation_never_overlaps_or_follows_test(n_bars, cuts, which, val_range):
+    from agents.config import DataConfig
+    from agents.env_factory import split_ranges
+
+    a, b, c, d = sorted(int(x * n_bars) for x in cuts)
+    b, d = max(b, a + 1), max(d, c + 1)
+    if d > n_bars or b > c:
+        return
+    kw = {}
+    if which in ("train", "both"):
+        kw["train_range"] = (a, b)
+    if which in ("test", "both"):
+        kw["test_range"] = (c, d)
+    if val_range and which == "both" and b < c:
+        kw["val_range"] = (b, c)
+    try:
+        p = split_ranges(n_bars, DataConfig(**kw))
+    except UserError:
+        # A valid fold never fails; one explicit range may collide with the other's fraction split.
+        assert which in ("train", "test")
+        return
+    test, val, train = p["test"], p["val"], p["train"]
+    assert train.stop <= test.start
+    if val.stop > val.start:
+        assert val.stop <= test.start and (val.start >= train.stop or val.stop <= train.start)
+    if which != "none" and "val_range" not in kw:
+        assert val.start == val.stop == train.stop
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -369,6 +424,8 @@ def test_train_writes_a_complete_run_folder_and_logs(tmp_path):
         "clip/policy/nonfinite",
         "clip/value/grad_norm",
         "clip/value/threshold",
+        "clip/policy/bound",
+        "clip/value/bound",
         "trade/sharpe",
         "trade/max_drawdown",
         "trade/turnover",
