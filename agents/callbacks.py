@@ -14,6 +14,7 @@ from typing import Any
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.clip_hooks import ClipHooks
+from envs.metrics import METRIC_KEYS
 
 __all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "TradingEvalCallback"]
 
@@ -30,9 +31,10 @@ class ClipLoggerCallback(BaseCallback):
     ``record_mean`` is used because off-policy algorithms train (and flush) many times between two dumps.
 
     ``grad_norm`` is the mean pre-clip gradient norm of the finite steps, ``threshold`` the mean applied
-    threshold (finite ones only: ``none`` has none), ``bound`` the mean clip level in force (``ClipStats.bound``:
-    defined on every step, so adaptive thresholds plot as a continuous curve), ``clip_fraction`` the share of
-    finite steps that were clipped, and ``nonfinite`` the running total of skipped steps.
+    threshold (finite ones only: ``none`` has none), ``bound`` the mean clip level in force
+    (``ClipStats.bound``: defined on every step, so adaptive thresholds plot as a continuous curve),
+    ``clip_fraction`` the share of finite steps that were clipped, and ``nonfinite`` the running total of
+    skipped steps.
 
     Args:
         hooks: the model's clip hooks.
@@ -76,17 +78,7 @@ class TradeMetricsCallback(BaseCallback):
     episode) are left out of the mean rather than turning it into inf.
     """
 
-    KEYS = (
-        "total_return",
-        "sharpe",
-        "sortino",
-        "max_drawdown",
-        "calmar",
-        "turnover",
-        "fees",
-        "funding",
-        "liquidations",
-    )
+    KEYS = tuple(k for k in METRIC_KEYS if k != "n_bars")
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import ROOT, assert_user_error, run_cli
 
 from agents.cli import build_parser, config_from_args
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "algo": {
@@ -28,28 +27,6 @@ TINY = {
     "env": {"window": 4, "episode_bars": 48},
     "eval": {"eval_freq": 64},
 }
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("PERPCLIP_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from cli_helpers import assert_user_error, run_cli
 
 from agents.config import RunConfig, load_config, save_config
 from agents.errors import UserError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Tiny: 2-day volume profile and 6-bar orders so the embedded 999 bars leave long validation/test periods.
 EXEC_ENV = "horizon_bars=6,profile_days=2,window=4"
@@ -28,28 +23,6 @@ TINY = {
     },
     "eval": {"eval_freq": 128, "exec_starts": 20},
 }
-
-
-def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("PERPCLIP_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
