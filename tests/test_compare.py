@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -529,20 +530,8 @@ def test_ray_path_on_a_local_instance(tmp_path, ray_head):
 # Command line
 
 
-def _train_py(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_cli_bad_spec_is_a_one_line_error(tmp_path):
-    proc = _train_py("compare", "--clips", "norm,max_nrm=0.5", "--seeds", "1", cwd=tmp_path)
+    proc = run_cli("compare", "--clips", "norm,max_nrm=0.5", "--seeds", "1", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "max_nrm" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -580,7 +569,7 @@ def test_cli_real_compare_end_to_end(tmp_path):
         "--out",
         str(out),
     )
-    proc = _train_py(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 8 and (df["status"] == "ok").all(), df[["run", "error"]]
@@ -594,5 +583,5 @@ def test_cli_real_compare_end_to_end(tmp_path):
     assert "| `norm:max_norm=0.5` | 4/4 |" in (out / "summary.md").read_text()
     assert "test Sharpe" in proc.stdout and (out / "test_sharpe.png").exists()
     # Same command again: everything is skipped.
-    proc = _train_py(*args, cwd=tmp_path)
+    proc = run_cli(*args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "8 of 8 run(s) already finished" in proc.stdout
