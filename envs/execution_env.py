@@ -19,7 +19,8 @@ from gymnasium import spaces
 
 from envs.contract import ExecutionConfig, fee, fill_price, sqrt_impact
 from envs.features import FeatureConfig, compute_features
-from envs.market import MarketData, load_embedded
+from envs.market import MarketData
+from envs.trading_env import resolve_market
 
 __all__ = [
     "CryptoFuturesExecutionEnv",
@@ -66,25 +67,6 @@ def capped_quantity(lots: int, volume: float, max_participation: float | None, l
     if max_participation is None:
         return lots
     return min(lots, int(math.floor(max_participation * volume / lot_size + 1e-9)))
-
-
-def _resolve_market(market: MarketData | pd.DataFrame | str | None) -> MarketData:
-    if market is None:
-        return load_embedded()
-    if isinstance(market, MarketData):
-        return market
-    if isinstance(market, (str, pd.DataFrame)):
-        try:
-            from envs.loaders import load_market  # the data helper's one entry point, when present
-        except ImportError:
-            if isinstance(market, pd.DataFrame):
-                return MarketData.from_frame(market)
-            return load_embedded(market)
-        return load_market(market)
-    raise ValueError(
-        f"market must be None (embedded data), a MarketData, a pandas DataFrame or a data spec string; "
-        f"got {type(market).__name__}"
-    )
 
 
 def _size_range(name: str, value: float | Sequence[float]) -> tuple[float, float]:
@@ -309,7 +291,7 @@ class CryptoFuturesExecutionEnv(gym.Env):
         ):
             raise ValueError(f"impact_halflife must be a number of bars > 0 or None, got {impact_halflife!r}")
 
-        self.market = _resolve_market(market)
+        self.market = resolve_market(market)
         self.horizon = int(horizon_bars)
         self.window = int(window)
         self.profile_days = int(profile_days)

@@ -21,6 +21,7 @@ from envs.contract import (
     round_to_lot,
 )
 from envs.features import FEATURE_NAMES, FeatureConfig, compute_features
+from envs.loaders import load_market
 from envs.market import MarketData
 from envs.metrics import trade_metrics
 
@@ -54,12 +55,12 @@ _EQUITY_FLOOR = 1e-6
 
 
 def resolve_market(market: MarketData | pd.DataFrame | str | os.PathLike | None) -> MarketData:
-    """Turn the env's ``market`` argument into :class:`MarketData`.
+    """Turn an env's ``market`` argument into :class:`MarketData` (shared by the trading and execution envs).
 
     ``None`` is the embedded default ``"btcusdt-1h"``. A DataFrame (UTC DatetimeIndex of bar open times,
     OHLCV columns, optional ``funding_rate``) goes through :meth:`MarketData.from_frame`, which validates it.
-    Strings and paths go through ``envs.loaders.load_market`` when that module exists (embedded names,
-    CSV/Parquet files, ``synthetic:...``); without it a string must be an embedded name.
+    Strings and paths go through :func:`envs.loaders.load_market` (embedded names, CSV/Parquet files,
+    ``synthetic:...``).
     """
     if isinstance(market, MarketData):
         return market
@@ -67,19 +68,11 @@ def resolve_market(market: MarketData | pd.DataFrame | str | os.PathLike | None)
         return MarketData.from_frame(market)
     if market is None:
         market = "btcusdt-1h"
-    try:
-        from envs.loaders import load_market  # lazy: optional module, owned by the data helper
-    except ImportError:
-        load_market = None
-    if load_market is not None and isinstance(market, (str, os.PathLike)):
+    if isinstance(market, (str, os.PathLike)):
         return load_market(market)
-    if isinstance(market, str):
-        from envs.market import load_embedded
-
-        return load_embedded(market)
     raise ValueError(
-        f"market must be a MarketData, a pandas DataFrame, an embedded data set name or None; "
-        f"got {type(market).__name__}"
+        f"market must be a MarketData, a pandas DataFrame, a data spec string or path, or None (embedded "
+        f"data); got {type(market).__name__}"
     )
 
 
