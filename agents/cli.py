@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agents.compare import register_cli
 from agents.config import (
     ALGO_NAMES,
     SB3_CLIP,
@@ -125,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model.zip (final, default) or best_model.zip (best on validation)",
     )
     e.set_defaults(func=_cmd_evaluate)
-    try:
-        from agents.compare import register_cli
-    except ModuleNotFoundError as exc:  # compare is optional; anything else wrong in it should surface
-        if exc.name != "agents.compare":
-            raise
-    else:
-        register_cli(sub)
+    register_cli(sub)
     return parser
 
 

@@ -110,11 +110,8 @@ def measure(path: str, funding: str) -> dict:
     out["arrays_mb"] = market.nbytes / 2**20
     out["rss_after_load_mb"] = (_status_kib("VmRSS") - rss0) / 1024
     out["peak_during_load_mb"] = (_status_kib("VmHWM") - rss0) / 1024
-    try:
-        from envs.trading_env import CryptoFuturesEnv
-    except ImportError:
-        out["env"] = "envs.trading_env not available: skipped"
-        return out
+    from envs.trading_env import CryptoFuturesEnv
+
     rss1 = _status_kib("VmRSS")
     t = time.perf_counter()
     env = CryptoFuturesEnv(market)
