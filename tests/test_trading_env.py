@@ -707,7 +707,7 @@ def test_tiered_liquidation_price_uses_the_bracket_at_the_liquidation_price():
     rows = flat_rows(3) + [(20000.0, 20000.0, 16227.0, 16500.0, 1000.0)] + flat_rows(2, 16500.0)
     env = make_env(make_market(rows), leverage=10.0, margin=margin)
     env.reset(options={"start": 2})
-    _, _, term, _, info = env.step(act(0.52))
+    _, _, term, _, info = env.step(act(0.5201))  # 2.6005 -> 2.6 BTC (0.52 in float32 is 2.599...)
     assert term and info["liquidated"]
     assert info["realized_pnl"] == pytest.approx(2.6 * (lp - 20000.0))
     assert_identity(info)
