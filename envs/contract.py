@@ -146,8 +146,8 @@ class MarginConfig:
             maintenance_amount`` for the first bracket whose cap is >= the notional (the last bracket covers
             everything above). Copy them from the exchange's leverage brackets (Binance ``GET
             /fapi/v1/leverageBracket``: notionalCap, maintMarginRatio, cum, initialLeverage);
-            :data:`BINANCE_BTCUSDT_TIERS` is a snapshot. The liquidation price uses the bracket of the notional
-            *at the liquidation price* (Binance's rule). With a 4th entry, a position may only reach the cap
+            :data:`BINANCE_BTCUSDT_TIERS` is a snapshot. The liquidation price uses the bracket of the
+            notional *at the liquidation price* (Binance's rule). With a 4th entry, a position may only reach the cap
             of the last bracket whose maximum leverage is >= ``leverage``: orders are trimmed to it.
         flat_rate_max_notional: with ``tiers=None``, the notional up to which the flat rate is realistic
             (Binance BTCUSDT's first bracket: 50,000 USDT); the envs warn once when a position goes above it.
@@ -185,15 +185,15 @@ class MarginConfig:
             if not tiers or any(len(t) not in (3, 4) for t in tiers) or len({len(t) for t in tiers}) > 1:
                 raise ValueError(
                     "MarginConfig.tiers must be a non-empty sequence of (notional_cap, mmr, "
-                    "maintenance_amount) or (notional_cap, mmr, maintenance_amount, max_leverage), all of one "
-                    f"length; got {self.tiers!r}"
+                    "maintenance_amount) or (notional_cap, mmr, maintenance_amount, max_leverage), all of "
+                    f"one length; got {self.tiers!r}"
                 )
             if len(tiers[0]) == 4:
                 lev_ok = [t[3] for t in tiers if t[3] >= self.leverage]
                 if not lev_ok:
                     raise ValueError(
-                        f"MarginConfig.leverage={self.leverage} exceeds the maximum leverage of every bracket "
-                        f"(first bracket: {tiers[0][3]:g}x); lower the leverage"
+                        f"MarginConfig.leverage={self.leverage} exceeds the maximum leverage of every "
+                        f"bracket (first bracket: {tiers[0][3]:g}x); lower the leverage"
                     )
             caps = [t[0] for t in tiers]
             increasing = all(b > a for a, b in zip(caps, caps[1:], strict=False))

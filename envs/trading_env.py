@@ -111,30 +111,50 @@ class CryptoFuturesEnv(gym.Env):
     price, realized and unrealized PnL, fees and funding, cross margin on the whole account (see
     `envs.contract`).
 
-    Order of events in step `t -> t+1` (default `fill_at="next_open"`):
+    Order of events in step `t -> t+1` (default `fill_at="next_open"`), exactly as `step` runs them:
 
-    1. target quantity `q* = a * leverage * equity_t / close_t` (`a` the action's target fraction); the order
-       `q* - position` is skipped if it moves the position by less than `deadband` of the maximum (a target of
-       exactly 0, i.e. going flat, is always honored), rounded toward zero to `lot_size`, dropped below
-       `min_qty`;
-    2. *gap check*: if bar `t+1` opens beyond the liquidation price of the position carried from `t`, the
-       position is liquidated at the open (worse than the liquidation price) and the order is not sent;
-    3. *fill* at `open_{t+1} * (1 ± (half_spread + impact))` (+ buys, - sells), impact
+    1. *order*: target quantity `q* = a * leverage * equity_t / close_t` (`a` the action's target fraction);
+       the order `q* - position` is skipped if it moves the position by less than `deadband` of the maximum
+       (a target of exactly 0, i.e. going flat, is always honored), rounded toward zero to `lot_size`, dropped
+       below `min_qty`;
+    2. *gap check* (before any fill): if bar `t+1` opens beyond the liquidation price of the position carried
+       from `t`, it is liquidated at the open (worse than the liquidation price), the order is not sent
+       (reported unfilled) and the episode ends;
+    3. *funding at the open*: a settlement at bar `t+1`'s open (every settlement, on bars of up to 8 h aligned
+       to the 00/08/16 UTC grid) is paid by the position held at that instant, the carried one:
+       `position * open_{t+1} * rate` (longs pay when the rate is positive). An order decided at `close_t`
+       fills just after it, so a position closed at that open pays and one opened there does not;
+    4. *margin trim*: an order that increases the position is cut (to the lot) so that after the fill the
+       initial margin `|position| * open_{t+1} / leverage` does not exceed the equity left after the fee,
+       spread and impact, and the notional stays within the brackets allowed at this leverage
+       (`MarginConfig.tiers` with a max-leverage column), as an exchange rejects what the margin does not
+       cover; the cut part is reported in `info["unfilled_qty"]`;
+    5. *fill* at `open_{t+1} * (1 ± (half_spread + impact))` (+ buys, - sells), impact
        `= impact_coef * sigma_t * sqrt(qty / volume_{t+1})` with `sigma_t` the EWMA volatility of log returns
        up to bar `t`; at most `max_participation * volume_{t+1}` fills (rounded down to the lot), the rest is
-       dropped and reported in `info["unfilled_qty"]`; taker fee on the filled notional;
-    4. *funding* if a settlement falls in bar `t+1`: the account pays `position * open_{t+1} * rate` (longs
-       pay when the rate is positive; the position is the one after the fill);
-    5. *liquidation* if the adverse extreme of bar `t+1` (low for a long, high for a short) reaches the
-       liquidation price (equity = maintenance margin): closed at the liquidation price, liquidation fee out
-       of what is left, equity floored at 0 with the excess loss in `info["bad_debt"]` (absorbed as by an
-       insurance fund);
-    6. *mark* at `close_{t+1}`.
+       dropped and reported in `info["unfilled_qty"]`; taker fee on the filled notional. A close that fills
+       beyond the bankruptcy price (spread, impact and fee larger than the equity left) leaves the wallet
+       negative: the shortfall is bad debt (`info["bad_debt"]`), the wallet 0, and the episode ends
+       (`info["bankrupt"]`);
+    6. *funding inside the bar* (only bars longer than the funding interval, e.g. 1d: the settlements after
+       the open, their share of the bar's summed rate) on the position after the fill, at the open's price;
+    7. *liquidation* if the adverse extreme of bar `t+1` (low for a long, high for a short) reaches the
+       liquidation price (equity = maintenance margin; with tiers, the bracket of the notional at the
+       liquidation price, Binance's rule): closed at the liquidation price (at the open if the fill left it
+       beyond already), liquidation fee out of what is left, any loss beyond the equity in `info["bad_debt"]`
+       (absorbed as by an insurance fund);
+    8. *mark* at `close_{t+1}`.
 
-    With `fill_at="next_close"` the carried position lives through bar `t+1` (gap check, funding, liquidation)
-    and the order fills at `close_{t+1}` instead. Filling at `close_t`, the price the agent has just seen, is
-    the look-ahead of many trading envs and is not offered. Liquidation uses the bar's traded high/low as a
-    conservative stand-in for the mark price (wicks of the last price are larger than the mark's).
+    With `fill_at="next_close"` the carried position lives through bar `t+1` — gap check (2), all its
+    funding (3, 6), liquidation on the extremes (7) — and then the order is trimmed (4) and filled (5) at
+    `close_{t+1}`, followed by a margin check at that close: a flat account with a negative wallet is bankrupt
+    (bad debt), a position at or beyond its liquidation price is liquidated at the close, so the loss lands in
+    the step that caused it. Filling at `close_t`, the price the agent has just seen, is the look-ahead of
+    many trading envs and is not offered. Liquidation uses the bar's traded high/low as a conservative
+    stand-in for the mark price (wicks of the last price are larger than the mark's). With a flat maintenance
+    rate (`tiers=None`) a `UserWarning` is given once per env when a position's notional passes
+    `MarginConfig.flat_rate_max_notional` (Binance's first bracket, 50,000 USDT), above which the real rate
+    is higher.
 
     ## Action Space
 
@@ -180,8 +200,9 @@ class CryptoFuturesEnv(gym.Env):
 
     ## Episode End
 
-    * Termination: the account is liquidated (`terminated=True`, `info["liquidated"]=True`); the step's reward
-      is the full loss.
+    * Termination: the account is liquidated (`terminated=True`, `info["liquidated"]=True`) or bankrupt (a
+      fill beyond the bankruptcy price or nothing left: `info["bankrupt"]=True`, equity 0); the step's reward is
+      the full loss.
     * Truncation: `episode_bars` steps done or the last bar of the data reached (`truncated=True`). Never
       both.
 
@@ -193,7 +214,8 @@ class CryptoFuturesEnv(gym.Env):
     Every `reset`/`step`: `equity, position` (base units, signed), `price` (close of `bar_index`),
     `realized_pnl, unrealized_pnl, fees_paid, funding_paid, slippage_paid, turnover` (cumulative, USDT;
     turnover = traded notional), `liquidated, bar_index` (last bar whose close the agent has seen),
-    `bad_debt`, `trade_qty` (filled this step, signed), `unfilled_qty` (dropped by the participation cap).
+    `bankrupt`, `bad_debt`, `trade_qty` (filled this step, signed), `unfilled_qty` (not filled this step: cut
+    by the margin trim or the participation cap, or not sent because of a liquidation).
     Always `equity == initial_balance + realized_pnl + unrealized_pnl - fees_paid - funding_paid`; spread and
     impact live inside the fill price (so inside the PnL) and `slippage_paid` reports them separately for
     information; bad debt is credited to `realized_pnl`.
@@ -201,7 +223,9 @@ class CryptoFuturesEnv(gym.Env):
     ## Arguments
 
     * `market`: `MarketData`, a DataFrame (UTC DatetimeIndex, OHLCV, optional `funding_rate`), a
-      name/path/spec for `envs.loaders.load_market`, or `None` (embedded BTCUSDT 1h bars).
+      name/path/spec for `envs.loaders.load_market`, or `None`: the embedded `btcusdt-1h` market, 29,303
+      Binance BTC/USDT **spot** hourly bars 2022-01-01 .. 2025-05-05 used as the perpetual's price proxy, with
+      the BTCUSDT perpetual's real funding settlements (see `envs/data/SOURCE.md`).
     * `window=32`: bars of features in the observation.
     * `episode_bars=720`: steps per episode (`None`: to the end of the data).
     * `initial_balance=10_000.0`: starting wallet in USDT.
@@ -450,7 +474,9 @@ class CryptoFuturesEnv(gym.Env):
             xi = cap * volume
         # Cost per unit traded: spread + impact against ref, and the fee on the fill price. The impact of the
         # largest fill the participation cap allows is an upper bound of the actual one.
-        slip = self._half_spread + (self._impact_coef * sigma * math.sqrt(xi / volume) if volume > 0.0 else 0.0)
+        slip = self._half_spread
+        if volume > 0.0:
+            slip += self._impact_coef * sigma * math.sqrt(xi / volume)
         price = ref * (1.0 + slip) if qty > 0.0 else ref * (1.0 - slip)
         unit_cost = ref * slip + price * self._taker
         im = ref / self.leverage
@@ -477,8 +503,8 @@ class CryptoFuturesEnv(gym.Env):
         self._flat_warned = True
         warnings.warn(
             f"CryptoFuturesEnv: a position notional of {notional:,.0f} USDT is above "
-            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) while "
-            f"a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
+            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) "
+            f"while a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
             "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
             "flat_rate_max_notional=None to silence this (said once per env).",
             UserWarning,
@@ -675,8 +701,8 @@ class CryptoFuturesEnv(gym.Env):
                 if liquidated:
                     unfilled = abs(qty)
                 else:
-                    # 4'. fill_at="next_close": trim and fill at the close, then check the margin there so that
-                    # a ruinous fill is booked in this step.
+                    # 4'. fill_at="next_close": trim and fill at the close, then check the margin there so
+                    # that a ruinous fill is booked in this step.
                     want = qty
                     qty = self._trim(qty, c, vol_j, sigma_t)
                     if qty != 0.0:

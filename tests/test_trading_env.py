@@ -4,8 +4,8 @@ look-ahead."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -559,13 +559,13 @@ def _crash_rows(crash_close: float, next_open: float) -> list:
     return rows
 
 
-# 2.5 % half-spread: the closing sell fills 2.5 % under the open (impact + spread beyond the bankruptcy price).
+# 2.5 % half-spread: the closing sell fills 2.5 % under the open (beyond the bankruptcy price).
 WIDE = ExecutionConfig(half_spread_bps=250.0, impact_coef=0.0, deadband=0.0, max_participation=None)
 
 
 def test_close_beyond_the_bankruptcy_price_is_bad_debt_and_terminates():
-    # 3x long (6x cap, half target) decided on bar 3's close 100: 300 BTC bought at open_4 100 * 1.025 = 102.5,
-    # fee 300 * 102.5 * 0.0005 = 15.375 -> wallet 9984.625. Liquidation price
+    # 3x long (6x cap, half target) decided on bar 3's close 100: 300 BTC bought at open_4 100 * 1.025 =
+    # 102.5, fee 300 * 102.5 * 0.0005 = 15.375 -> wallet 9984.625. Liquidation price
     # (9984.625 - 300 * 102.5) / (300 * 0.004 - 300) = 20765.375 / 298.8 = 69.4959 < low_4 69.6: not hit.
     # Close decided on close_4 69.6, sold at open_5 69.55 * 0.975 = 67.81125: realized
     # 300 * (67.81125 - 102.5) = -10406.625, fee 300 * 67.81125 * 0.0005 = 10.1716875 -> wallet
@@ -591,8 +591,8 @@ def test_close_beyond_the_bankruptcy_price_is_bad_debt_and_terminates():
 
 def test_next_close_ruinous_fill_is_booked_in_its_own_step():
     # fill_at="next_close": 300 BTC bought at close_4... decided on bar 3 (close 100), filled at close_4 = 100
-    # * 1.025 = 102.5 (fee 15.375, wallet 9984.625; bar 4 is flat at 100). The close decided on close_4 fills at
-    # close_5 = 69.55 * 0.975 = 67.81125 after bar 5 (low 69.55 > liquidation price 69.4959) is lived with the
+    # * 1.025 = 102.5 (fee 15.375, wallet 9984.625; bar 4 is flat at 100). The close decided on close_4 fills
+    # at close_5 = 69.55 * 0.975 = 67.81125 after bar 5 (low 69.55 > liquidation price 69.4959) is lived with the
     # old position: wallet -432.1716875 -> bad debt, terminated in this step, reward the whole loss.
     rows = [(100.0, 100.0, 100.0, 100.0, 3000.0)] * 5 + [(100.0, 100.0, 69.55, 69.55, 3000.0)] * 3
     ex = replace(WIDE, fill_at="next_close")
@@ -724,7 +724,8 @@ def test_flat_rate_above_the_first_bracket_warns_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         env.step(act(0.6))  # said once per env
-    quiet = make_env(make_market(flat_rows(8)), leverage=20.0, margin=MarginConfig(flat_rate_max_notional=None))
+    quiet_margin = MarginConfig(flat_rate_max_notional=None)
+    quiet = make_env(make_market(flat_rows(8)), leverage=20.0, margin=quiet_margin)
     quiet.reset(options={"start": 2})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
