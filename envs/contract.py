@@ -147,8 +147,8 @@ class MarginConfig:
             everything above). Copy them from the exchange's leverage brackets (Binance ``GET
             /fapi/v1/leverageBracket``: notionalCap, maintMarginRatio, cum, initialLeverage);
             :data:`BINANCE_BTCUSDT_TIERS` is a snapshot. The liquidation price uses the bracket of the
-            notional *at the liquidation price* (Binance's rule). With a 4th entry, a position may only reach the cap
-            of the last bracket whose maximum leverage is >= ``leverage``: orders are trimmed to it.
+            notional *at the liquidation price* (Binance's rule). With a 4th entry, a position may only reach
+            the cap of the last bracket whose maximum leverage is >= ``leverage``: orders are trimmed to it.
         flat_rate_max_notional: with ``tiers=None``, the notional up to which the flat rate is realistic
             (Binance BTCUSDT's first bracket: 50,000 USDT); the envs warn once when a position goes above it.
             ``None`` silences the warning.

@@ -201,8 +201,8 @@ class CryptoFuturesEnv(gym.Env):
     ## Episode End
 
     * Termination: the account is liquidated (`terminated=True`, `info["liquidated"]=True`) or bankrupt (a
-      fill beyond the bankruptcy price or nothing left: `info["bankrupt"]=True`, equity 0); the step's reward is
-      the full loss.
+      fill beyond the bankruptcy price or nothing left: `info["bankrupt"]=True`, equity 0); the step's reward
+      is the full loss.
     * Truncation: `episode_bars` steps done or the last bar of the data reached (`truncated=True`). Never
       both.
 

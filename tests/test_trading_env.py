@@ -592,8 +592,8 @@ def test_close_beyond_the_bankruptcy_price_is_bad_debt_and_terminates():
 def test_next_close_ruinous_fill_is_booked_in_its_own_step():
     # fill_at="next_close": 300 BTC bought at close_4... decided on bar 3 (close 100), filled at close_4 = 100
     # * 1.025 = 102.5 (fee 15.375, wallet 9984.625; bar 4 is flat at 100). The close decided on close_4 fills
-    # at close_5 = 69.55 * 0.975 = 67.81125 after bar 5 (low 69.55 > liquidation price 69.4959) is lived with the
-    # old position: wallet -432.1716875 -> bad debt, terminated in this step, reward the whole loss.
+    # at close_5 = 69.55 * 0.975 = 67.81125 after bar 5 (low 69.55 > liquidation price 69.4959) is lived with
+    # the old position: wallet -432.1716875 -> bad debt, terminated in this step, reward the whole loss.
     rows = [(100.0, 100.0, 100.0, 100.0, 3000.0)] * 5 + [(100.0, 100.0, 69.55, 69.55, 3000.0)] * 3
     ex = replace(WIDE, fill_at="next_close")
     env = make_env(make_market(rows), execution=ex, leverage=6.0, episode_bars=4)
