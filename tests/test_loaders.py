@@ -71,11 +71,12 @@ def _assert_same_bars(m: MarketData, k: pd.DataFrame, *, unit: str = "ms") -> No
 # klines
 @pytest.mark.parametrize("header", [True, False])
 @pytest.mark.parametrize("unit", ["ms", "us"])
-def test_binance_klines_round_trip(tmp_path, header, unit):
+def test_binance_klines_round_trip(tmp_path, header, unit, caplog):
     k = _klines(50, unit=unit)
     p = _write(k, tmp_path / "BTCUSDT-1h-2024-01.csv", header=header)
-    with pytest.warns(UserWarning, match="no funding data"):
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = load_market(p)
+    assert any("no funding data" in r.getMessage() for r in caplog.records)
     _assert_same_bars(m, k, unit=unit)
     assert m.bar_seconds == 3600 and not m.has_funding and not m.funding_rate.any()
 
@@ -416,15 +417,17 @@ def test_file_mixed_interval_and_mixed_units(tmp_path):
     assert (e.value.row, e.value.column) == (5, "open_time")
 
 
-def test_fill_gaps_option_through_load_market(tmp_path):
+def test_fill_gaps_option_through_load_market(tmp_path, caplog):
     df = _generic(12).drop(index=[4, 5, 9]).reset_index(drop=True)
     p = _write(df, tmp_path / "g.csv")
     with pytest.raises(DataValidationError, match=r"2 gap\(s\).*3 missing"):
         load_market(p)
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
+    with pytest.raises(DataValidationError, match="--fill-gaps"):
+        load_market(p)
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = load_market(p, fill_gaps=True)
-    assert any("3 missing bar" in str(w.message) for w in rec)
+    assert any("3 missing bar" in r.getMessage() for r in caplog.records)
+    assert m.filled_bars == 3 and m.filled_times == tuple(int(x) for x in m.timestamps[[4, 5, 9]])
     assert len(m) == 12 and m.volume[4] == m.volume[5] == 0 and m.close[4] == m.close[3]
 
 

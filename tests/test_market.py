@@ -172,14 +172,21 @@ def test_time_errors_name_row(make_index, fragment, row):
     assert e.value.row == row and e.value.column == "timestamp"
 
 
-def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them():
+def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them(caplog):
     df = _frame(10)
     df = df.drop(df.index[[3, 4, 7]])  # two gaps, three missing bars
-    with pytest.raises(DataValidationError, match=r"2 gap\(s\).*3 missing bar\(s\).*fill_gaps=True"):
+    match = r"2 gap\(s\).*3 missing bar\(s\).*fill_gaps=True \(library\) / --fill-gaps \(command line\)"
+    with pytest.raises(DataValidationError, match=match):
         MarketData.from_frame(df, funding=_zero_funding(df))
-    with pytest.warns(UserWarning, match=r"2 gap\(s\) totalling 3 missing bar"):
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = MarketData.from_frame(df, fill_gaps=True, funding=_zero_funding(df))
-    assert len(m) == 10
+    assert [r.getMessage() for r in caplog.records if "2 gap(s) totalling 3 missing bar" in r.getMessage()]
+    assert len(m) == 10 and m.filled_bars == 3
+    assert m.filled_times == tuple(int(x) for x in m.timestamps[[3, 4, 7]])
+    assert m.slice(0, 5).filled_bars == 2 and m.slice(5, 10).filled_bars == 1
+    import pickle
+
+    assert pickle.loads(pickle.dumps(m)).filled_bars == 3
     filled = [3, 4, 7]
     for i in filled:
         prev = m.close[i - 1]
@@ -189,15 +196,16 @@ def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them():
     np.testing.assert_array_equal(m.close[kept], df["close"].to_numpy())
 
 
-def test_no_funding_is_said_once(monkeypatch):
+def test_no_funding_is_said_once_in_one_clean_line(monkeypatch, caplog, capsys):
     monkeypatch.setattr(market_mod, "_SAID", set())
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        m1 = MarketData.from_frame(_frame())
-        MarketData.from_frame(_frame(seed=1))
-        MarketData.from_frame(_frame(seed=2))
-    said = [w for w in rec if "no funding data" in str(w.message)]
-    assert len(said) == 1 and "zero" in str(said[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a notice, not a Python warning with a source line
+        with caplog.at_level("WARNING", logger="perpclip.data"):
+            m1 = MarketData.from_frame(_frame())
+            MarketData.from_frame(_frame(seed=1))
+            MarketData.from_frame(_frame(seed=2))
+    said = [r.getMessage() for r in caplog.records if "no funding data" in r.getMessage()]
+    assert len(said) == 1 and "zero" in said[0] and "--funding" in said[0] and "\n" not in said[0]
     assert not m1.has_funding and not m1.funding_rate.any()
 
 
