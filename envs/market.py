@@ -19,13 +19,14 @@ import functools
 import logging
 import re
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 
 import numpy as np
 import pandas as pd
 
 __all__ = [
+    "DEFAULT_MARKET",
     "EMBEDDED",
     "DataValidationError",
     "MarketData",
@@ -43,8 +44,17 @@ _OHLCV = ("open", "high", "low", "close", "volume")
 _ARRAYS = ("timestamps", *_OHLCV, "funding_rate")
 _NS = 10**9
 
-#: Names accepted by :func:`load_embedded` (and by ``--data`` in train.py).
-EMBEDDED = ("btcusdt-1h",)
+#: Names accepted by :func:`load_embedded` (and by ``--data`` in train.py). ``btcusdt-1h`` is the default:
+#: 29,303 Binance BTC/USDT spot hourly bars 2022-01-01 .. 2025-05-05 as the perpetual's price proxy, with the
+#: BTCUSDT perpetual's real funding; ``btcusdt-perp-1h-2025`` is 999 bars of the perpetual itself (2025-05-06 ..
+#: 2025-06-17), small and fast for tests.
+EMBEDDED = ("btcusdt-1h", "btcusdt-perp-1h-2025")
+DEFAULT_MARKET = "btcusdt-1h"
+
+_DEFAULT_SOURCE = (
+    "embedded:btcusdt-1h (Binance BTC/USDT SPOT 1h bars 2022-01-01..2025-05-05 used as the price proxy of the "
+    "USDT-M BTCUSDT perpetual, with the perpetual's real funding settlements; 1 outage bar forward-filled)"
+)
 
 # Keys of notices already given in this process (see `_say_once`); tests may clear it.
 _SAID: set[str] = set()
@@ -811,24 +821,30 @@ def _read_embedded_csv(name: str) -> pd.DataFrame:
 
 
 @functools.cache
-def load_embedded(name: str = "btcusdt-1h") -> MarketData:
+def load_embedded(name: str = DEFAULT_MARKET) -> MarketData:
     """Load a data set shipped with perpclip (see ``envs/data/SOURCE.md``).
 
     The result is cached (MarketData is immutable), so building many envs on it costs one load.
 
     Args:
-        name: one of :data:`EMBEDDED`.
+        name: one of :data:`EMBEDDED`: ``"btcusdt-1h"`` (default; spot prices as the perpetual's proxy, real
+            funding, 29,303 bars) or ``"btcusdt-perp-1h-2025"`` (999 bars of the perpetual).
     """
     if name not in EMBEDDED:
         raise ValueError(f"unknown embedded data set {name!r}; available: {', '.join(EMBEDDED)}")
-    bars = _read_embedded_csv("btcusdt_perp_1h.csv.gz")
-    funding = _read_embedded_csv("btcusdt_funding_8h.csv.gz")["funding_rate"]
-    return MarketData.from_frame(
-        bars,
-        funding=funding,
-        symbol="BTCUSDT",
-        source=f"embedded:{name} (Binance USDT-M BTCUSDT perpetual, 1h)",
-    )
+    if name == "btcusdt-perp-1h-2025":
+        bars = _read_embedded_csv("btcusdt_perp_1h.csv.gz")
+        funding = _read_embedded_csv("btcusdt_funding_8h.csv.gz")["funding_rate"]
+        return MarketData.from_frame(
+            bars,
+            funding=funding,
+            symbol="BTCUSDT",
+            source=f"embedded:{name} (Binance USDT-M BTCUSDT perpetual, 1h, 2025-05-06..2025-06-17)",
+        )
+    bars = _read_embedded_csv("btcusdt_spot_1h_2022_2025.csv.gz")
+    filled = bars.pop("filled").to_numpy(dtype=bool)
+    market = MarketData.from_frame(bars, symbol="BTCUSDT", source=_DEFAULT_SOURCE)
+    return replace(market, filled_times=tuple(market.timestamps[filled].tolist()))
 
 
 @functools.lru_cache(maxsize=1)

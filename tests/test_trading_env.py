@@ -370,7 +370,7 @@ def test_same_seed_same_trajectory_different_seed_different_start():
 
 
 def test_no_look_ahead_observations_and_rewards_unchanged_by_later_bars():
-    base = load_embedded().slice(0, 400)
+    base = load_embedded("btcusdt-perp-1h-2025").slice(0, 400)
     df = base.to_frame()
     k = 250
     rng = np.random.default_rng(0)
@@ -407,7 +407,7 @@ def test_no_look_ahead_observations_and_rewards_unchanged_by_later_bars():
 
 
 def test_features_are_causal_prefix_of_the_full_market():
-    full = load_embedded()
+    full = load_embedded("btcusdt-perp-1h-2025")
     feats = compute_features(full)
     for k in (60, 300, 777):
         part = compute_features(full.slice(0, k + 1))
@@ -416,7 +416,7 @@ def test_features_are_causal_prefix_of_the_full_market():
 
 
 def test_terminated_and_truncated_never_both_and_end_of_data():
-    env = CryptoFuturesEnv(window=8, episode_bars=None)
+    env = CryptoFuturesEnv("btcusdt-perp-1h-2025", window=8, episode_bars=None)
     obs, info = env.reset()
     assert info["bar_index"] == env.min_start
     n = 0
