@@ -681,13 +681,17 @@ def _shift_hint(a: pd.Series, b: pd.Series, bname: str) -> str:
         shifted = b.copy()
         shifted.index = b.index - pd.Timedelta(hours=h)
         common = a.index.intersection(shifted.index)
-        if len(common) >= 3 and np.all(np.abs(a.loc[common].to_numpy() - shifted.loc[common].to_numpy()) <= 1e-8):
+        if len(common) >= 3 and np.all(
+            np.abs(a.loc[common].to_numpy() - shifted.loc[common].to_numpy()) <= 1e-8
+        ):
             z = f"UTC{h:+d}"
             return (
                 f"They agree if {bname}'s times are read in {z}: pass '{bname}@{z}' (or funding_tz='{z}'; "
                 f"--funding '{bname}@{z}' on the command line)."
             )
-    return "Check that both files are the same contract and their time zones (suffix FILE@UTC+8 or funding_tz=)."
+    return (
+        "Check that both files are the same contract and their time zones (suffix FILE@UTC+8 or funding_tz=)."
+    )
 
 
 def _looks_like_web_export(df: pd.DataFrame) -> bool:
@@ -755,8 +759,8 @@ def load_funding(
                 df, header = _read_csv(path, kind="funding")
             if zone is None and _looks_like_web_export(df):
                 raise ValueError(
-                    f"{path}: this is a binance.com web export, whose times are in the downloader's local time "
-                    "zone; say which: e.g. funding=['" + path + "@UTC+8'] or funding_tz='UTC+8' in "
+                    f"{path}: this is a binance.com web export, whose times are in the downloader's local "
+                    "time zone; say which: e.g. funding=['" + path + "@UTC+8'] or funding_tz='UTC+8' in "
                     "envs.loaders, --funding '" + path + "@UTC+8' on the command line ('@UTC' if it was "
                     "exported in UTC)"
                 )

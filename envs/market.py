@@ -46,14 +46,15 @@ _NS = 10**9
 
 #: Names accepted by :func:`load_embedded` (and by ``--data`` in train.py). ``btcusdt-1h`` is the default:
 #: 29,303 Binance BTC/USDT spot hourly bars 2022-01-01 .. 2025-05-05 as the perpetual's price proxy, with the
-#: BTCUSDT perpetual's real funding; ``btcusdt-perp-1h-2025`` is 999 bars of the perpetual itself (2025-05-06 ..
-#: 2025-06-17), small and fast for tests.
+#: BTCUSDT perpetual's real funding; ``btcusdt-perp-1h-2025`` is 999 bars of the perpetual itself
+#: (2025-05-06 .. 2025-06-17), small and fast for tests.
 EMBEDDED = ("btcusdt-1h", "btcusdt-perp-1h-2025")
 DEFAULT_MARKET = "btcusdt-1h"
 
 _DEFAULT_SOURCE = (
-    "embedded:btcusdt-1h (Binance BTC/USDT SPOT 1h bars 2022-01-01..2025-05-05 used as the price proxy of the "
-    "USDT-M BTCUSDT perpetual, with the perpetual's real funding settlements; 1 outage bar forward-filled)"
+    "embedded:btcusdt-1h (Binance BTC/USDT SPOT 1h bars 2022-01-01..2025-05-05 used as the price proxy of "
+    "the USDT-M BTCUSDT perpetual, with the perpetual's real funding settlements; 1 outage bar "
+    "forward-filled)"
 )
 
 # Keys of notices already given in this process (see `_say_once`); tests may clear it.

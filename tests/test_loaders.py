@@ -586,7 +586,9 @@ def test_funding_file_in_local_time_is_named_by_the_merge_and_fixed_by_the_suffi
 
 def test_funding_off_the_8h_grid_raises_with_the_zone_to_pass(tmp_path):
     p = _api_funding(tmp_path / "ny.csv", n=9, tz_hours=-5)  # UTC-5 local times read as UTC
-    with pytest.raises(ValueError, match=r"off the exchange's 8 h grid.*funding_tz='UTC\+3'.*--funding.*'UTC-5'"):
+    with pytest.raises(
+        ValueError, match=r"off the exchange's 8 h grid.*funding_tz='UTC\+3'.*--funding.*'UTC-5'"
+    ):
         load_funding(p)
     assert len(load_funding(p, tz="UTC-5")) == 9
     assert load_funding(f"{p}@UTC-5").index[0] == pd.Timestamp("2024-01-01 00:00", tz="UTC")
@@ -602,8 +604,16 @@ def test_web_export_without_a_time_zone_is_refused(tmp_path):
 
 def test_load_market_takes_per_file_funding_zones(tmp_path):
     idx = pd.date_range("2024-01-01", periods=72, freq="1h")
-    bars = pd.DataFrame({"timestamp": idx.strftime("%Y-%m-%d %H:%M:%S"), "open": 100.0, "high": 101.0,
-                         "low": 99.0, "close": 100.0, "volume": 5.0})
+    bars = pd.DataFrame(
+        {
+            "timestamp": idx.strftime("%Y-%m-%d %H:%M:%S"),
+            "open": 100.0,
+            "high": 101.0,
+            "low": 99.0,
+            "close": 100.0,
+            "volume": 5.0,
+        }
+    )
     pb = tmp_path / "bars.csv"
     bars.to_csv(pb, index=False)
     utc = _api_funding(tmp_path / "utc.csv", n=6)

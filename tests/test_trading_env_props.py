@@ -14,7 +14,9 @@ from envs.market import load_embedded
 from envs.synthetic import make_market
 from envs.trading_env import CryptoFuturesEnv
 
-MARKET = load_embedded("btcusdt-perp-1h-2025")  # one object: the features are computed once and shared by every env below
+MARKET = load_embedded(
+    "btcusdt-perp-1h-2025"
+)  # one object: the features are computed once and shared by every env below
 
 
 @settings(max_examples=60, deadline=None)

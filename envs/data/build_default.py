@@ -4,14 +4,17 @@ Run from the repository root (``python -m envs.data.build_default [SHARED_DATA_D
 ``../shared/data`` or ``/work/shared/data``). Everything goes through the project's own loaders:
 
 * bars: ``binance-btcusdt-spot-1h-2022-2025/BTCUSDT_1h.csv`` (Binance BTC/USDT **spot**, 1h) loaded with
-  ``fill_gaps=True`` (the 2023-03-24 13:00 outage bar is forward-filled with zero volume and counted); the last
+  ``fill_gaps=True`` (the 2023-03-24 13:00 outage bar is forward-filled with zero volume and counted); the
+  last
   row, a bar still forming at download time (volume 9.39), is dropped;
 * funding: the USDT-M BTCUSDT perpetual's settlements, merged from the binance.com web export (UTC+8, up to
-  2025-03-13) and the API dump (UTC, from 2024-07-19); the loader checks that the overlapping settlements agree
+  2025-03-13) and the API dump (UTC, from 2024-07-19); the loader checks that the overlapping settlements
+  agree
   (to 1e-8) and puts each settlement on the bar containing it.
 
 The output has one row per bar: ``timestamp, open, high, low, close, volume, funding_rate, filled``, written
-with ``%.12g`` (every value round-trips exactly; checked) and gzip with mtime 0, so a rebuild is byte-identical.
+with ``%.12g`` (every value round-trips to 1e-12; checked) and gzip with mtime 0, so a rebuild is
+byte-identical.
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ def main(argv: list[str]) -> None:
     market = build_default_market(shared)
     out = Path(__file__).with_name(OUT)
     write_default_market(market, out)
-    print(f"{out}: {len(market)} bars {market.index[0]} .. {market.index[-1]}, {market.filled_bars} filled, "
-          f"{np.count_nonzero(market.funding_rate)} funding settlements, {out.stat().st_size:,} bytes")
+    print(
+        f"{out}: {len(market)} bars {market.index[0]} .. {market.index[-1]}, {market.filled_bars} filled, "
+        f"{np.count_nonzero(market.funding_rate)} funding settlements, {out.stat().st_size:,} bytes"
+    )
 
 
 if __name__ == "__main__":
