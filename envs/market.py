@@ -817,7 +817,9 @@ def resample_market(market: MarketData, interval: str | int | pd.Timedelta) -> M
 def _read_embedded_csv(name: str) -> pd.DataFrame:
     with resources.files("envs.data").joinpath(name).open("rb") as fh:
         df = pd.read_csv(fh, compression="gzip")
-    df.index = pd.DatetimeIndex(pd.to_datetime(df.pop("timestamp"), utc=True), name="timestamp")
+    # The embedded files all write "YYYY-MM-DD HH:MM:SS" (UTC): an explicit format parses 29k rows ~3x faster.
+    stamps = pd.to_datetime(df.pop("timestamp"), format="%Y-%m-%d %H:%M:%S", utc=True)
+    df.index = pd.DatetimeIndex(stamps, name="timestamp")
     return df
 
 
