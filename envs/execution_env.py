@@ -321,7 +321,8 @@ class CryptoFuturesExecutionEnv(gym.Env):
         if self.max_start < self.min_start:
             raise ValueError(
                 f"market {self.market.source or self.market.symbol!r} has {n} bars; this env needs at least "
-                f"{self.min_start + self.horizon + 1} (warm-up of {self.min_start} bars: {self.profile_days} "
+                f"{self.min_start + self.horizon + 1} rows (bars) in total (warm-up of {self.min_start} "
+                f"bars: {self.profile_days} "
                 f"day(s) of volume profile and the volatility estimate, plus horizon_bars={self.horizon} and "
                 "one bar to fill). "
                 "Load more bars, or lower profile_days / horizon_bars."

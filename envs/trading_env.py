@@ -331,8 +331,8 @@ class CryptoFuturesEnv(gym.Env):
                 f"market {self.market.source or self.market.symbol!r} has {n} bars, too few: the first "
                 f"decision bar is {self.min_start} (feature warm-up {self.features.first_valid} + window "
                 f"{self.window} - 1) and an episode of {steps} step(s) needs {steps} more bar(s) after it, "
-                f"so at least {self.min_start + steps + 1} "
-                "bars are needed. Use a smaller window / episode_bars or more data."
+                f"so the data needs at least {self.min_start + steps + 1} rows (bars) in total. Use a "
+                "smaller window / episode_bars or more data."
             )
 
         n_feat = len(FEATURE_NAMES)
