@@ -90,6 +90,8 @@ def _split_funding(market: MarketData) -> tuple[list[float], list[float]]:
     ts = market.timestamps
     rate = market.funding_rate
     grid = int(round(market.funding_interval_hours * 3600)) * 10**9
+    if grid <= 0:
+        return rate.tolist(), [0.0] * len(rate)
     bar = market.bar_seconds * 10**9
     on_grid = ts % grid == 0
     # grid instants in [open, open + bar)
