@@ -17,8 +17,8 @@ False) when the period is shorter than :data:`MIN_DAYS_SHARPE` (Sharpe, Sortino)
   Below 30 days the error bar is wider than any Sharpe ratio a real strategy sustains (3 is exceptional), so
   the number says nothing about the policy.
 * Calmar: the compound annual return raises the period's growth to the power ``1 / T``: a +10 % week becomes
-  +14,100 % a year (the "Calmar of 6,478 on a 6-day period"), and a drawdown measured over a few days says
-  little of a year's. 90 days keeps the power at most ~4 (+10 % in a quarter -> +46 % a year) while the
+  +14,300 % a year (the "Calmar of 6,478 on a 6-day period"), and a drawdown measured over a few days says
+  little of a year's. 90 days keeps the power at most ~4 (+10 % in a quarter -> +47 % a year) while the
   half-year test periods of this project still report it; the conventional 3 years would blank every one.
 
 ``short_ratios="keep"`` computes them anyway (the flags stay False): ranking policies by Sharpe on one fixed
