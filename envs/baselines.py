@@ -101,8 +101,9 @@ class BuyAndHold:
     Asks for ``size`` every bar with ``hold_deadband`` just under ``|size|``, so :func:`run_episode` runs it
     in :func:`holding_env`: one order on the first step, then none (fees paid once; turnover = the entry
     notional / initial balance, about ``|size| * leverage``), whatever the env's action type. The one
-    exception: if losses push the position's fraction to twice ``size`` (a ~20 % adverse move at 3x) the
-    env cuts it back, as it would any position over the dead-band; liquidation usually comes first.
+    exception: if losses push the position's fraction to twice ``size`` (a 20 % adverse move at 3x, short of
+    the ~33 % that liquidates) the env cuts it back to ``size``, as it would any position beyond the
+    dead-band. :class:`Trend` holds the same way.
 
     Stepped directly in an env with a small dead-band (not through :func:`run_episode`), it rebalances to a
     constant leverage instead.
