@@ -248,3 +248,18 @@ def test_run_episode_counts_a_liquidation():
                            execution=ExecutionConfig(impact_coef=0.0, max_participation=None))  # fmt: skip
     res = run_episode(env, buy_and_hold, start=70)
     assert res.terminated and res.metrics["liquidations"] == 1 and res.metrics["total_return"] < -0.9
+
+
+def test_buy_and_hold_is_cut_back_only_at_twice_its_size():
+    # 3x long, then a steady slide of 25 %: the position's fraction (1 + x) / (1 + 3x) passes 2 at x = -20 %,
+    # where the holding env's dead-band (0.9999) is finally exceeded and the env sells back to 1.0.
+    close = np.r_[np.full(60, 100.0), np.linspace(100.0, 75.0, 51)[1:]]
+    env = CryptoFuturesEnv(_market(close), window=4, episode_bars=None,
+                           execution=ExecutionConfig(impact_coef=0.0, max_participation=None))  # fmt: skip
+    res = run_episode(env, buy_and_hold, start=55)
+    orders = [(i["bar_index"], i["trade_qty"]) for i in res.infos[1:] if i["trade_qty"] != 0.0]
+    assert len(orders) == 2 and orders[0][1] > 0 and orders[1][1] < 0
+    bar = orders[1][0]  # filled at this bar's open, decided at the previous close
+    entry = res.infos[1]["turnover"] / orders[0][1]
+    x = close[bar - 1] / entry - 1
+    assert -0.21 < x <= -0.19 and not res.terminated
