@@ -40,9 +40,11 @@ __all__ = [
     "EpisodeResult",
     "PlantedOracle",
     "Trend",
+    "baseline_policies",
     "buy_and_hold",
     "flat",
     "holding_env",
+    "is_planted",
     "momentum",
     "planted_oracle",
     "run_episode",
@@ -371,6 +373,39 @@ def planted_oracle(
     oracle = PlantedOracle(sim, best)
     oracle.val_scores = scores
     return oracle
+
+
+def is_planted(data: Any) -> bool:
+    """Whether ``data`` (a data spec string or a Simulation) is a planted synthetic market (which has an
+    oracle)."""
+    if isinstance(data, Simulation):
+        return data.kind == "planted"
+    if isinstance(data, str) and data.strip().lower().startswith("synthetic:"):
+        return parse_synthetic_spec(data)[0] == "planted"
+    return False
+
+
+def baseline_policies(
+    data: str | Simulation | None = None,
+    val_env: gym.Env | None = None,
+    *,
+    val_start: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Policy]:
+    """The reference policies to run next to an agent, fresh, by name: ``flat``, ``buy_and_hold``, ``trend``
+    (defaults), and ``oracle`` when ``data`` is a planted market and a validation env is given (its threshold
+    chosen there by :func:`planted_oracle`).
+
+    Args:
+        data: the run's data spec (or the planted Simulation); anything else gives no oracle.
+        val_env: a trading env over the validation period (None: no oracle, nothing to choose it on).
+        val_start: first decision bar in ``val_env``.
+        seed: passed to ``val_env.reset``.
+    """
+    policies: dict[str, Policy] = {"flat": flat, "buy_and_hold": BuyAndHold(1.0), "trend": trend()}
+    if val_env is not None and is_planted(data):
+        policies["oracle"] = planted_oracle(data, val_env, val_start=val_start, seed=seed)
+    return policies
 
 
 # ------------------------------------------------------------------------------------------------- runner

@@ -8,7 +8,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.baselines import ORACLE_THRESHOLDS, PlantedOracle, buy_and_hold, planted_oracle, run_episode
+from envs.baselines import (
+    ORACLE_THRESHOLDS,
+    PlantedOracle,
+    baseline_policies,
+    buy_and_hold,
+    is_planted,
+    planted_oracle,
+    run_episode,
+)
 from envs.contract import ExecutionConfig
 from envs.loaders import load_market
 from envs.market import MarketData, load_embedded
@@ -131,3 +139,15 @@ def test_only_planted_markets_have_an_oracle():
         PlantedOracle(SIM, -0.1)
     with pytest.raises(ValueError, match="reset"):
         PlantedOracle(SIM)(np.zeros(1), {"bar_index": 0})
+
+
+def test_baseline_policies_add_the_oracle_for_planted_markets_only():
+    env, start = period_env(SIM.market, VAL)
+    assert is_planted(SPEC) and is_planted(SIM) and not is_planted("btcusdt-1h")
+    assert not is_planted("synthetic:gbm") and not is_planted(SIM.market)
+    pols = baseline_policies(SPEC, env, val_start=start)
+    assert list(pols) == ["flat", "buy_and_hold", "trend", "oracle"]
+    assert pols["oracle"].threshold in ORACLE_THRESHOLDS
+    assert list(baseline_policies("btcusdt-1h", env)) == ["flat", "buy_and_hold", "trend"]
+    assert list(baseline_policies(SPEC)) == ["flat", "buy_and_hold", "trend"]  # no validation period
+    assert baseline_policies()["trend"] is not baseline_policies()["trend"]  # fresh: it keeps state
