@@ -356,3 +356,30 @@ def test_zclip_percentile_mode_follows_an_abrupt_level_shift():
     last_spike = max(i for i, s in enumerate(stats) if s.spike)
     assert sum(s.spike for s in stats[-500:]) < 25  # ~ the noise tail beyond mean + 2.5 std, not all
     assert 8.0 < c.mean < 12.0 and last_spike > 8
+
+
+def ramp_mean(seed: int, **kwargs) -> tuple[float, int]:
+    """Feed norms rising 1 -> 10 over 500 steps (10 % noise), then 500 at 10; return the final mean and the
+    number of spikes among the last 500."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1000, generator=gen, dtype=torch.float64).tolist()
+    c = make_clipper("zclip", **kwargs)
+    flagged = [feed(c, (1.0 + 9.0 * min(t / 500, 1.0)) * (1.0 + 0.1 * e))[0].spike
+               for t, e in enumerate(noise)]
+    return c.mean, sum(flagged[500:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kwargs", [{}, {"mode": "percentile"}])
+def test_zclip_default_and_percentile_modes_follow_a_gradual_drift(kwargs, seed):
+    """The counterpart of the level-shift tests: a ramp 1 -> 10 over 500 steps is tracked."""
+    mean, late_spikes = ramp_mean(seed, **kwargs)
+    assert 9.0 < mean < 11.0
+    assert late_spikes < 0.06 * 500  # only the noise tail is flagged, not every step
+
+
+def test_zclip_mean_option_can_lock_at_the_old_level_on_a_ramp():
+    """Documented hazard: clip_option="mean" feeds back the mean itself on a spike, so a run of spikes
+    during a ramp can stop the EMA for good (seed 0 of the ramp above)."""
+    mean, late_spikes = ramp_mean(0, clip_option="mean")
+    assert mean < 2.0 and late_spikes == 500
