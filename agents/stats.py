@@ -149,6 +149,13 @@ class Comparison:
     p_holm: float
     test: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """A flat row (the CI as ``diff_low``/``diff_high``), e.g. for a CSV or Markdown table."""
+        return {"name": self.name, "n": self.n, "mean_diff": self.mean_diff, "diff_low": self.diff_ci.low,
+                "diff_high": self.diff_ci.high, "median_diff": self.median_diff, "wins": self.wins,
+                "losses": self.losses, "ties": self.ties, "prob_improvement": self.prob_improvement,
+                "p_value": self.p_value, "p_holm": self.p_holm, "test": self.test}
+
 
 # -------------------------------------------------------------------------------------- validation
 def _vector(x: Any, arg: str, *, min_size: int = 1, finite: bool = True) -> np.ndarray:
@@ -531,7 +538,10 @@ def paired_comparison(
     ref = _vector(reference, "reference")
     rows = []
     for name, scores in arms.items():
-        a, b = _paired(scores, ref)
+        try:
+            a, b = _paired(scores, ref)
+        except ValueError as err:
+            raise ValueError(f"arm {name!r} against the reference: {err}") from None
         d = a - b
         ci = paired_difference_ci(a, b, strata, n_boot=n_boot, confidence=confidence, seed=seed)
         p = wilcoxon_p_value(d) if test == "wilcoxon" else sign_flip_p_value(d, n_perm=n_perm, seed=seed)
@@ -632,7 +642,7 @@ def grad_norm_return_correlation(grad_norms: Any, returns: Any) -> float:
     g, r = g[keep], np.abs(r[keep])
     if g.size < 3 or np.all(g == g[0]) or np.all(r == r[0]):
         return math.nan
-    return float(scipy.stats.spearmanr(g, r).statistic)
+    return float(scipy.stats.spearmanr(g, r)[0])  # [0]: the correlation, in every scipy version
 
 
 # ------------------------------------------------------------------------------- across runs

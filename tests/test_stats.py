@@ -226,8 +226,11 @@ def test_paired_comparison_against_a_reference():
     assert flips[0].p_value == 2 / 32 and flips[0].test == "sign_flip"  # only +++++ and ----- reach mean 3
     with pytest.raises(ValueError, match="test must be"):
         stats.paired_comparison(arms, ref, test="t")
-    with pytest.raises(ValueError, match="same cell order"):
+    with pytest.raises(ValueError, match="arm 'short' against the reference: .*same cell order"):
         stats.paired_comparison({"short": [1.0]}, ref)
+    row = better.as_dict()
+    assert (row["name"], row["wins"], row["diff_low"], row["diff_high"]) == (
+        "better", 5, better.diff_ci.low, better.diff_ci.high)
 
 
 # ------------------------------------------------------------------------------------------ stability
