@@ -180,7 +180,8 @@ def check_real(
     if allow_inf and isinstance(value, str) and value.strip().lower() in _INF_WORDS:
         value = math.inf
     is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if is_real and math.isnan(value):
+    spelled_nan = isinstance(value, str) and value.strip().lower() in ("nan", ".nan")
+    if spelled_nan or (is_real and math.isnan(value)):
         raise ValueError(
             f"{owner}: {arg} is nan (not a number). Fix: pass a real number, e.g. {arg}={example}."
         )
