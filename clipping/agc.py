@@ -39,7 +39,7 @@ class AdaptiveGradientClip(Clipper):
 
     Args:
         clip_factor: Ratio ``lambda`` of gradient norm to parameter norm allowed per unit (paper: 0.01 for
-            large batches; larger values for small batches).
+            large batches; larger values for small batches); ``inf`` never clips.
         eps: Floor on the parameter norm, so zero-initialised units can still move.
 
     State:
@@ -54,7 +54,8 @@ class AdaptiveGradientClip(Clipper):
     name = "agc"
 
     def __init__(self, clip_factor: float = 0.01, eps: float = 1e-3) -> None:
-        self.clip_factor = check_real("agc", "clip_factor", clip_factor, low=0.0, example="0.01")
+        self.clip_factor = check_real("agc", "clip_factor", clip_factor, low=0.0, allow_inf=True,
+                                      example="0.01")
         self.eps = check_real("agc", "eps", eps, low=0.0, example="1e-3")
         super().__init__({"clip_factor": self.clip_factor, "eps": self.eps})
 

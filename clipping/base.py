@@ -5,7 +5,8 @@ Every clipper follows the same contract:
 * ``clip(parameters)`` scales the ``.grad`` of the given parameters in place and returns a :class:`ClipStats`
   made of python floats/bools;
 * a non-finite gradient anywhere zeroes *all* given gradients, sets ``nonfinite``/``skip``, increments
-  ``nonfinite_count`` and leaves every other statistic untouched;
+  ``nonfinite_count`` and leaves every other statistic untouched; this is the ONLY case in which ``skip``
+  (do not step the optimizer) is set - a clipped gradient is always meant to be applied;
 * at most ONE device->host synchronisation per call: the global norm is computed with fused foreach kernels
   (as :func:`torch.nn.utils.clip_grad_norm_` does), copied to the host once, and everything else (running
   statistics, thresholds, decisions) is plain float64 python arithmetic on that single value. Only the
@@ -57,9 +58,14 @@ class ClipStats:
             (the statistics are untouched), not ``0.0``; each clipper's docstring gives its exact value.
         clipped: Whether the gradients were changed (always ``True`` on a non-finite step).
         nonfinite: A NaN/inf was found; all given gradients were zeroed and no statistic was updated.
-        spike: The clipper's outlier detector fired (``zclip`` only; ``False`` elsewhere).
-        skip: Recommendation to skip the optimizer step: ``True`` on a non-finite step, and on a spike when
-            ``zclip(skip_update_on_spike=True)``.
+        spike: The clipper's outlier detector fired (``zclip`` only; ``False`` elsewhere). The gradient was
+            clipped and is meant to be applied.
+        skip: Skip the optimizer step: ``True`` iff ``nonfinite`` (the gradients were zeroed). Never set on a
+            finite step: a spike is clipped and applied, as in the reference ``zclip`` package.
+        stats_frozen: This step's norm was deliberately kept out of the clipper's running statistics
+            (``zclip(skip_update_on_spike=True)`` on a spike); the clipped gradient is still applied. A
+            logger should show it (e.g. a ``frozen`` tag / fraction): after a lasting level shift every
+            step is a spike, the statistics stay frozen for good and the clipper acts as a fixed clip.
     """
 
     grad_norm: float
@@ -69,6 +75,7 @@ class ClipStats:
     nonfinite: bool
     spike: bool = False
     skip: bool = False
+    stats_frozen: bool = False
 
     def as_dict(self) -> dict[str, float | bool]:
         """The fields as a plain dict (e.g. to log them under ``clip/<part>/<field>``)."""
@@ -143,6 +150,11 @@ def zero_(grads: list[torch.Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- validation
+#: Spellings of +infinity accepted from text (CLI ``key=value`` specs): Python's ``float()`` words and
+#: YAML's ``.inf``. Any other string is rejected: numbers must arrive as numbers.
+_INF_WORDS = frozenset({"inf", "+inf", "infinity", "+infinity", ".inf", "+.inf"})
+
+
 def check_real(
     owner: str,
     arg: str,
@@ -153,12 +165,27 @@ def check_real(
     low_inclusive: bool = False,
     high_inclusive: bool = True,
     allow_none: bool = False,
+    allow_inf: bool = False,
     example: str,
 ) -> float | None:
-    """Validate a real-valued constructor argument; raise a ``ValueError`` that names it and the fix."""
+    """Validate a real-valued constructor argument; raise a ``ValueError`` that names it and the fix.
+
+    ``nan`` is always rejected. ``+inf`` is accepted only with ``allow_inf=True`` (arguments for which
+    "no limit" is meaningful, e.g. ``norm:max_norm=inf``: a no-op clip that still measures), also when it
+    arrives as a string spelling infinity (``"inf"``, ``"infinity"``, YAML's ``".inf"``), so that a spec
+    typed on the command line works whichever parser read it. ``-inf`` is always rejected.
+    """
     if value is None and allow_none:
         return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    if allow_inf and isinstance(value, str) and value.strip().lower() in _INF_WORDS:
+        value = math.inf
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    spelled_nan = isinstance(value, str) and value.strip().lower() in ("nan", ".nan")
+    if spelled_nan or (is_real and math.isnan(value)):
+        raise ValueError(
+            f"{owner}: {arg} is nan (not a number). Fix: pass a real number, e.g. {arg}={example}."
+        )
+    ok = is_real and (allow_inf or not math.isinf(value)) and value != -math.inf
     if ok:
         value = float(value)
         if low is not None and (value < low or (value == low and not low_inclusive)):
@@ -167,11 +194,15 @@ def check_real(
             ok = False
     if not ok:
         lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        interval = f"{'[' if low_inclusive else '('}{lo}, {hi}{']' if high_inclusive else ')'}"
+        top = high if high is not None else math.inf
+        hi = f"{top:g}"
+        closed = high_inclusive if high is not None else allow_inf
+        interval = f"{'[' if low_inclusive else '('}{lo}, {hi}{']' if closed else ')'}"
         none = " or None" if allow_none else ""
+        kind = f" (a {type(value).__name__})" if isinstance(value, str) else ""
+        no_inf = " (no limit is not meaningful here)" if value == math.inf and not allow_inf else ""
         raise ValueError(
-            f"{owner}: {arg} must be a real number in {interval}{none}, got {value!r}. "
+            f"{owner}: {arg} must be a real number in {interval}{none}, got {value!r}{kind}{no_inf}. "
             f"Fix: pass e.g. {arg}={example}."
         )
     return value
@@ -303,7 +334,7 @@ class Clipper:
         norm = global_norm(grads).item()  # the one device->host sync of this call
         if not math.isfinite(norm):
             return self._neutralize(grads, norm)
-        threshold, bound, spike, skip = self._update(norm)
+        threshold, bound, spike, stats_frozen = self._update(norm)
         # Clip iff the norm exceeds the threshold; the scale is clip_grad_norm_'s formula. (clip_grad_norm_
         # itself also rescales by ~(1 - 1e-6/norm) when norm <= threshold < norm + 1e-6; we do not, so a
         # clipper whose threshold equals the current norm - e.g. AutoClip with quantile=1 - is a no-op.)
@@ -311,10 +342,10 @@ class Clipper:
         if clipped:
             scale_(grads, threshold / (norm + _NORM_EPS))
         return ClipStats(grad_norm=norm, threshold=threshold, bound=bound, clipped=clipped, nonfinite=False,
-                         spike=spike, skip=skip)
+                         spike=spike, stats_frozen=stats_frozen)
 
     def _update(self, norm: float) -> tuple[float, float, bool, bool]:
-        """Consume a finite pre-clip global norm: return ``(threshold, bound, spike, skip)`` (see
+        """Consume a finite pre-clip global norm: return ``(threshold, bound, spike, stats_frozen)`` (see
         :class:`ClipStats`), update statistics."""
         raise NotImplementedError
 

@@ -56,7 +56,8 @@ class NormClip(Clipper):
     ``~1 - 1e-6 / norm`` (a no-op in practice): ``grad_norm <= bound - 1e-6`` is never clipped.
 
     Args:
-        max_norm: Threshold on the global norm; default 0.5, the default of SB3's PPO and A2C.
+        max_norm: Threshold on the global norm; default 0.5, the default of SB3's PPO and A2C. ``inf``
+            (also the string ``"inf"``) never clips: a pure monitor, like ``none``.
 
     State:
         nonfinite_count (int): calls with NaN/inf gradients.
@@ -68,7 +69,7 @@ class NormClip(Clipper):
     name = "norm"
 
     def __init__(self, max_norm: float = 0.5) -> None:
-        self.max_norm = check_real("norm", "max_norm", max_norm, low=0.0, example="0.5")
+        self.max_norm = check_real("norm", "max_norm", max_norm, low=0.0, allow_inf=True, example="0.5")
         super().__init__({"max_norm": self.max_norm})
 
     def _clip(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> ClipStats:
@@ -105,7 +106,8 @@ class ValueClip(Clipper):
     ``clip_value``. ``inf`` says "no norm-level clipping"; read ``clipped`` for what happened.
 
     Args:
-        clip_value: Bound on each gradient element's magnitude (required: there is no standard default).
+        clip_value: Bound on each gradient element's magnitude (required: there is no standard default);
+            ``inf`` never clips.
 
     State:
         nonfinite_count (int): calls with NaN/inf gradients.
@@ -118,7 +120,8 @@ class ValueClip(Clipper):
     name = "value"
 
     def __init__(self, clip_value: float) -> None:
-        self.clip_value = check_real("value", "clip_value", clip_value, low=0.0, example="1.0")
+        self.clip_value = check_real("value", "clip_value", clip_value, low=0.0, allow_inf=True,
+                                     example="1.0")
         super().__init__({"clip_value": self.clip_value})
 
     def _clip(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> ClipStats:

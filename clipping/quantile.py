@@ -34,8 +34,8 @@ class QuantileTrackingClip(Clipper):
     paper's median: there clipping bounds each user's privacy sensitivity and clipping half the updates is
     the point; here the goal is to clip spikes, i.e. the top decile (consistent with ``autoclip``).
     ``initial=1.0`` (paper: 0.1): a neutral scale; with the defaults C reaches 10x or 1/10x its start in
-    about 13 / 115 steps; the PPO value-branch scale (~200) in ~30 steps, the policy-branch scale (~0.3)
-    in ~60.
+    about 13 / 115 steps (``ln 10 / (lr * q)`` and ``ln 10 / (lr * (1 - q))``), a norm scale of 200 in ~30
+    steps and one of 0.3 in ~60.
 
     Args:
         target_quantile: Fraction in ``[0, 1]`` of norms meant to stay unclipped.
@@ -57,8 +57,7 @@ class QuantileTrackingClip(Clipper):
         self.target_quantile = check_real("quantile", "target_quantile", target_quantile, low=0.0, high=1.0,
                                           low_inclusive=True, example="0.9")
         self.lr = check_real("quantile", "lr", lr, low=0.0, low_inclusive=True, example="0.2")
-        self.initial = check_real("quantile", "initial", initial, low=0.0, high=math.inf,
-                                  high_inclusive=False, example="1.0")
+        self.initial = check_real("quantile", "initial", initial, low=0.0, example="1.0")
         super().__init__({"target_quantile": self.target_quantile, "lr": self.lr, "initial": self.initial})
         self._reset()
 

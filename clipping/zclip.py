@@ -31,7 +31,9 @@ class ZClip(Clipper):
 
        The threshold applied is ``min(clip_val, max_grad_norm)`` on a spike and ``max_grad_norm`` (or none)
        otherwise; gradients are scaled by ``threshold / (g + 1e-6)`` iff ``g > threshold``.
-    3. Unless the step was a spike and ``skip_update_on_spike``: EMA update with the *clipped* norm
+    3. Unless the step was a spike and ``skip_update_on_spike`` (then only the statistics are left alone:
+       the clipped gradient is still applied, ``ClipStats.stats_frozen`` is set and ``skip`` is not): EMA
+       update with the *clipped* norm
        ``x = clip_val`` on a spike, ``g`` otherwise (the ``max_grad_norm`` cap is not fed back), variance
        against the *updated* mean::
 
@@ -53,18 +55,37 @@ class ZClip(Clipper):
     spike" with a margin that float rounding cannot cross (for norms below ~1e9 with the default ``eps``).
     Either way a norm ``<= bound`` is never clipped.
 
+    Level shifts (a property of the package's rule, reproduced here, measured with the tests'
+    ``test_zclip_*level_shift*``): after an abrupt, lasting *upward* shift of the norm by many stds, the
+    ``zscore`` mode never adopts the new level. With ``skip_update_on_spike=True`` the statistics simply
+    stay frozen. With the default ``False`` the EMA is fed the clipped norm, which lies at most
+    ``z_thresh * std`` (``adaptive_scaling``: ``z_thresh**2 * std / z``; ``mean``: 0) above the mean, so
+    ``var`` decays geometrically, the mean moves by a bounded total and every later step is a spike
+    clipped to ~the old mean (e.g. norms 1 -> 10: clipped to ~1.03-1.1 for thousands of steps). The
+    gradient keeps being applied (clipped), but its norm is pinned at the pre-shift level - ZClip then
+    acts as a fixed norm clip. ``mode="percentile"`` feeds back ``mean + z_thresh * std``, which lets the
+    mean climb by ``(1 - alpha) * z_thresh * std`` per step and keeps the variance up, so it does follow
+    the shift (with the defaults and 10 % noise: the first run of 20 calm steps starts ~25, ~50 and ~85
+    steps after a 2x, 10x and 100x shift). Gradual drifts: norms rising 1 -> 10 linearly over 500 (2000)
+    steps with 10 % noise, 20 seeds each - the default (``adaptive_scaling``, no skipping) and
+    ``percentile`` followed in 20/20 (20/20); ``clip_option="mean"`` locked at the old level in 5/20 (2/20)
+    and ``skip_update_on_spike=True`` in 2/20 (0/20): one run of spikes during the ramp can be enough.
+
     Where this implementation deviates from the package, on purpose:
 
     * ``max_grad_norm`` defaults to ``None`` (package: 1.0). A fixed absolute cap of 1.0 is tuned to LLM
-      pre-training norms; on an SB3 network the value-branch norm is ~200, so such a cap would bind on
-      every step and turn ZClip into plain norm clipping at 1.0. Pass a number to get the package's cap.
+      pre-training norms; the norms of an RL policy or value branch depend on the reward scale and the
+      network and can sit far above 1 for long stretches, where such a cap would bind on every step and
+      turn ZClip into plain norm clipping at 1.0. Pass a number to get the package's cap.
     * A non-finite norm zeroes the gradients, is counted in ``nonfinite_count`` and never reaches the
       buffer, ``mean`` or ``var`` (in the package one NaN makes ``mean``/``var`` NaN, every later z-score
       comparison false, and clipping silently stops for good).
     * Every statistic is in ``state_dict()`` (the package has none).
-    * ``ClipStats.spike`` reports the detection and ``ClipStats.skip`` is set on a spike when
-      ``skip_update_on_spike`` (the package only skips its own statistics update); the caller may then
-      skip the optimizer step too.
+    * ``ClipStats.spike`` reports the detection, and ``ClipStats.stats_frozen`` a spike kept out of the
+      statistics (``skip_update_on_spike``); the package reports neither. As in the package, a spike's
+      gradient is always clipped and applied: ``ClipStats.skip`` (do not step) is set on non-finite steps
+      only. (Skipping the optimizer step on every spike would freeze the model for good after a level
+      shift, see below.)
     * The warm-up cap clips iff ``g > max_grad_norm`` (the package calls ``clip_grad_norm_``, which also
       rescales by ~(1 - 1e-6 / g) when ``g`` is within 1e-6 below the cap).
     * The global norm comes from fused foreach kernels (package: per-tensor ``.norm``, then
@@ -77,8 +98,12 @@ class ZClip(Clipper):
         mode: ``"zscore"`` or ``"percentile"``.
         clip_option: ``"adaptive_scaling"`` or ``"mean"`` (``zscore`` mode only).
         clip_factor: Multiplier of the adaptive-scaling threshold (0.5-0.9 clips more aggressively).
-        max_grad_norm: Optional absolute cap on the global norm, applied on every step (``None``: none).
-        skip_update_on_spike: Leave mean/var untouched on spikes and flag ``ClipStats.skip``.
+        max_grad_norm: Optional absolute cap on the global norm, applied on every step (``None`` or
+            ``inf``: none).
+        skip_update_on_spike: Leave mean/var untouched on spikes (the package's option of that name) and
+            flag ``ClipStats.stats_frozen``; the clipped gradient is still applied. After a lasting upward
+            level shift every later step is a spike and the statistics stay frozen for good (see "Level
+            shifts" above); watch the fraction of ``stats_frozen`` steps.
         eps: Added to the std in the z-score denominator (keeps a zero-variance warm-up finite).
 
     State:
@@ -116,7 +141,7 @@ class ZClip(Clipper):
         self.clip_option = check_choice(owner, "clip_option", clip_option, ("adaptive_scaling", "mean"))
         self.clip_factor = check_real(owner, "clip_factor", clip_factor, low=0.0, example="1.0")
         self.max_grad_norm = check_real(owner, "max_grad_norm", max_grad_norm, low=0.0, allow_none=True,
-                                        example="1.0")
+                                        allow_inf=True, example="1.0")
         self.skip_update_on_spike = check_bool(owner, "skip_update_on_spike", skip_update_on_spike)
         self.eps = check_real(owner, "eps", eps, low=0.0, example="1e-6")
         super().__init__({
@@ -166,6 +191,7 @@ class ZClip(Clipper):
         spike = clip_val is not None
         threshold = min(clip_val, self._cap()) if spike else self._cap()
         if spike and self.skip_update_on_spike:
+            # The package's option: statistics frozen, the clipped gradient is still applied.
             return threshold, bound, True, True
         x = clip_val if spike else norm  # the EMA sees the clipped norm (not the max_grad_norm cap)
         self._mean = self.alpha * self._mean + (1 - self.alpha) * x

@@ -6,6 +6,10 @@ import copy
 import dataclasses
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -600,4 +604,212 @@ def test_works_inside_a_training_step():
             opt.step()
     assert clipper.state_dict()["initialized"] is True
     assert set(stats.as_dict()) == {"grad_norm", "threshold", "bound", "clipped", "nonfinite", "spike",
-                                    "skip"}
+                                    "skip", "stats_frozen"}
+
+
+# ------------------------------------------------------------------------------ inf and nan arguments
+INF_OK = [  # (name, kwargs with an infinite "no limit" argument)
+    ("norm", {"max_norm": math.inf}),
+    ("norm", {"max_norm": "inf"}),  # what a CLI parser hands over for ``norm:max_norm=inf``
+    ("norm", {"max_norm": ".inf"}),
+    ("value", {"clip_value": math.inf}),
+    ("value", {"clip_value": "Infinity"}),
+    ("zclip", {"max_grad_norm": math.inf, "warmup_steps": 10}),  # warm-up: only the (absent) cap acts
+    ("agc", {"clip_factor": math.inf}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), INF_OK)
+def test_inf_means_no_limit_the_norm_is_still_measured(name, kwargs):
+    clipper = make_clipper(name, **kwargs)
+    assert math.inf in clipper.config.values()
+    # The config stays YAML-safe (``.inf``) and rebuilds the same clipper.
+    assert make_clipper(name, **yaml.safe_load(yaml.safe_dump(clipper.config))).config == clipper.config
+    params = make_params(0)
+    for step, scale in enumerate([1.0, 50.0, 0.01, 1e4]):
+        set_grads(params, step, scale)
+        before = [g.clone() for g in grads_of(params)]
+        stats = clipper.clip(params)
+        assert stats.grad_norm == pytest.approx(global_norm64(before), rel=1e-5) and stats.grad_norm > 0
+        assert not stats.clipped and not stats.skip
+        assert all(torch.equal(a, b) for a, b in zip(before, grads_of(params), strict=True))
+
+
+def test_zclip_max_grad_norm_inf_behaves_like_none():
+    a = make_clipper("zclip", warmup_steps=3, z_thresh=1.0, max_grad_norm=math.inf)
+    b = make_clipper("zclip", warmup_steps=3, z_thresh=1.0)
+    pa, pb = make_params(1), make_params(1)
+    for step, scale in enumerate([1.0, 1.1, 0.9, 30.0, 1.0, 0.5]):
+        set_grads(pa, step, scale)
+        set_grads(pb, step, scale)
+        assert clip_and_compare(a, pa) == clip_and_compare(b, pb)
+
+
+def clip_and_compare(clipper, params) -> tuple:
+    return comparable(clipper.clip(params)), [g.tolist() for g in grads_of(params)]
+
+
+REAL_ARGS = {  # every real-valued constructor argument, and whether +inf is a meaningful "no limit"
+    "norm": {"max_norm": True},
+    "value": {"clip_value": True},
+    "autoclip": {"quantile": False},
+    "zclip": {"alpha": False, "z_thresh": False, "clip_factor": False, "max_grad_norm": True, "eps": False},
+    "agc": {"clip_factor": True, "eps": False},
+    "quantile": {"target_quantile": False, "lr": False, "initial": False},
+}
+
+
+def test_real_arguments_table_covers_every_clipper():
+    assert set(REAL_ARGS) == set(CLIPPERS) - {"none"}
+
+
+@pytest.mark.parametrize(("name", "arg"), [(n, a) for n, args in REAL_ARGS.items() for a in args])
+def test_nan_is_rejected_with_a_clear_message(name, arg):
+    required = {"clip_value": 1.0} if name == "value" else {}
+    with pytest.raises(ValueError, match=rf"{name}: {arg} is nan \(not a number\).*Fix: pass.*{arg}="):
+        make_clipper(name, **{**required, arg: math.nan})
+    with pytest.raises(ValueError, match=rf"{arg} must be a real number"):
+        make_clipper(name, **{**required, arg: -math.inf})
+
+
+@pytest.mark.parametrize(("name", "arg"), [(n, a) for n, args in REAL_ARGS.items() for a, ok in args.items()
+                                           if not ok])
+def test_inf_is_rejected_where_no_limit_is_meaningless(name, arg):
+    with pytest.raises(ValueError, match=rf"{arg} must be a real number.*got inf"):
+        make_clipper(name, **{arg: math.inf})
+    with pytest.raises(ValueError, match=rf"{arg} must be a real number.*got 'inf' \(a str\)"):
+        make_clipper(name, **{arg: "inf"})
+
+
+def test_other_strings_are_still_rejected():
+    with pytest.raises(ValueError, match=r"max_norm must be a real number.*got '0.5' \(a str\)"):
+        make_clipper("norm", max_norm="0.5")
+    with pytest.raises(ValueError, match=r"max_norm is nan \(not a number\)"):
+        make_clipper("norm", max_norm="nan")  # what a CLI parser hands over for ``norm:max_norm=nan``
+
+
+# ------------------------------------------------------------------------------------------ plugins
+PLUGIN_MODULE = "perpclip_test_plugin"
+PLUGIN_SOURCE = '''
+"""A third-party clipper module (written by tests/test_clipping.py)."""
+from clipping import Clipper
+
+
+class HalfClip(Clipper):
+    """Clips the global norm to ``limit``.
+
+    References: none. State: nonfinite_count.
+    """
+
+    name = "half"
+
+    def __init__(self, limit: float = 1.0) -> None:
+        self.limit = float(limit)
+        super().__init__({"limit": self.limit})
+
+    def _update(self, norm):
+        return self.limit, self.limit, False, False
+
+
+class Duck:
+    """Implements the clipper protocol without subclassing clipping.Clipper."""
+
+    name = "duck"
+    config = {}
+
+    def clip(self, parameters):
+        return None
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def reset(self):
+        pass
+
+
+class NotAClipper:
+    def clip(self, parameters):
+        return None
+
+
+not_a_class = 3
+'''
+ENTRY_POINTS = f"""[perpclip.clippers]
+half = {PLUGIN_MODULE}:HalfClip
+zclip = {PLUGIN_MODULE}:HalfClip
+broken = {PLUGIN_MODULE}:Missing
+"""
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A folder with a plugin module and an installed-distribution record declaring its entry points."""
+    (tmp_path / f"{PLUGIN_MODULE}.py").write_text(PLUGIN_SOURCE)
+    dist = tmp_path / f"{PLUGIN_MODULE}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {PLUGIN_MODULE}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, PLUGIN_MODULE, raising=False)
+    yield tmp_path
+    sys.modules.pop(PLUGIN_MODULE, None)
+
+
+def test_make_clipper_builds_a_plugin_class_from_its_import_path(plugin_dir):
+    clipper = make_clipper(f"{PLUGIN_MODULE}:HalfClip", limit=2.0)
+    assert type(clipper).__name__ == "HalfClip" and clipper.config == {"limit": 2.0}
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    p.grad = torch.tensor([8.0], dtype=torch.float64)
+    stats = clipper.clip([p])
+    assert stats.clipped and p.grad.item() == pytest.approx(2.0 * 8.0 / (8.0 + 1e-6))
+    assert type(make_clipper(f"{PLUGIN_MODULE}:Duck")).__name__ == "Duck"  # protocol, no subclass
+    with pytest.raises(ValueError, match=r"unknown keyword 'limt'; did you mean 'limit'\?"):
+        make_clipper(f"{PLUGIN_MODULE}:HalfClip", limt=2.0)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    (f"{PLUGIN_MODULE}:NotAClipper",
+     r"neither subclasses clipping.Clipper nor implements its protocol "
+     r"\(missing: state_dict, load_state_dict, reset, name.*valid names: none"),
+    (f"{PLUGIN_MODULE}:not_a_class", r"not a class.*valid names: none, norm"),
+    (f"{PLUGIN_MODULE}:HalfClp", r"has no attribute 'HalfClp'; did you mean 'HalfClip'\?"),
+    ("perpclip_no_such_module:X", r"cannot import module 'perpclip_no_such_module'.*PYTHONPATH"),
+    (f"{PLUGIN_MODULE}:", r"bad clipper import path.*'module:Class'"),
+])
+def test_bad_plugin_paths_raise_value_errors(plugin_dir, name, message):
+    with pytest.raises(ValueError, match=message):
+        make_clipper(name)
+
+
+def test_entry_point_clippers_are_found_by_name(plugin_dir):
+    assert type(make_clipper("half", limit=3.0)).__name__ == "HalfClip"
+    assert type(make_clipper("HALF")).__name__ == "HalfClip"
+    assert type(make_clipper("zclip")) is clipping.ZClip  # a built-in name cannot be taken over
+    known = clipping.available_clippers()
+    assert known["half"] == f"{PLUGIN_MODULE}:HalfClip" and known["zclip"] == "built-in"
+    with pytest.raises(ValueError, match=r"unknown clipper 'hlaf'; did you mean 'half'\?.*half"):
+        make_clipper("hlaf")
+    with pytest.raises(ValueError, match=r"loading entry point 'perpclip_test_plugin:Missing'.*failed"):
+        make_clipper("broken")
+
+
+def test_entry_points_are_absent_without_the_distribution():
+    assert "half" not in clipping.available_clippers()
+    with pytest.raises(ValueError, match="unknown clipper 'half'"):
+        make_clipper("half")
+
+
+def test_a_spawned_process_resolves_plugins_through_pythonpath(plugin_dir):
+    """Compare's workers are fresh processes: resolution by import name must work there too."""
+    root = Path(clipping.__file__).resolve().parent.parent
+    code = ("from clipping import make_clipper; "
+            f"print(type(make_clipper('{PLUGIN_MODULE}:HalfClip', limit=2.0)).__name__, "
+            "type(make_clipper('half')).__name__)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(root)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["HalfClip", "HalfClip"]

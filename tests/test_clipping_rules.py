@@ -27,13 +27,14 @@ def feed(clipper, norm: float):
     return stats, p.grad.item()
 
 
-def expect(clipper, norm, threshold, *, clipped, spike=False, skip=False, bound=None):
+def expect(clipper, norm, threshold, *, clipped, spike=False, skip=False, bound=None, frozen=False):
     """Feed ``norm``; check threshold/flags, ``bound`` (when given) and the clipped gradient."""
     stats, after = feed(clipper, norm)
     assert stats.threshold == pytest.approx(threshold, rel=1e-12, abs=0.0), (norm, stats)
     if bound is not None:
         assert stats.bound == pytest.approx(bound, rel=1e-12, abs=0.0), (norm, stats)
     assert stats.clipped is clipped and stats.spike is spike and stats.skip is skip, stats
+    assert stats.stats_frozen is frozen, stats
     # Clipped gradients are scaled by threshold / (norm + 1e-6); others are untouched.
     assert after == (pytest.approx(norm * threshold / (norm + EPS), rel=1e-12) if clipped else norm)
 
@@ -222,7 +223,8 @@ def test_zclip_max_grad_norm_caps_every_step_but_is_not_fed_back():
 
 def test_zclip_skip_update_on_spike_keeps_statistics_and_flags_the_step():
     c = warmed(skip_update_on_spike=True)
-    expect(c, 10.0, 2.0 + 4.0 * (1.0 + 1e-6) / 8.0, clipped=True, spike=True, skip=True, bound=4.0)
+    # As in the zclip package: the spike is clipped and APPLIED (skip False), only mean/var stay frozen.
+    expect(c, 10.0, 2.0 + 4.0 * (1.0 + 1e-6) / 8.0, clipped=True, spike=True, bound=4.0, frozen=True)
     assert (c.mean, c.var) == (2.0, 1.0)  # untouched
     expect(c, 3.0, math.inf, clipped=False, bound=4.0)  # calm step: same level (statistics untouched)
     assert (c.mean, c.var) == (2.5, 0.5 * 1.0 + 0.5 * 0.5**2)
@@ -291,3 +293,93 @@ def test_quantile_tracking_default_rates():
     for i in range(3000):
         feed(c, float(i % 10 + 1))
     assert 8.0 < c.threshold < 11.0
+
+
+# ------------------------------------------------------------------------- ZClip and level shifts
+def shifted_norms(level: float, n: int, seed: int = 3) -> list[float]:
+    """8 calm warm-up norms around 1, then ``n`` norms around ``level`` (10 % noise)."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(8 + n, generator=gen, dtype=torch.float64).tolist()
+    return [1.0 + 0.05 * e for e in noise[:8]] + [level * (1.0 + 0.1 * e) for e in noise[8:]]
+
+
+def test_zclip_skip_update_on_spike_after_a_level_shift_keeps_applying_clipped_gradients():
+    """The zclip package (ZClip.step) on a spike with skip_update_on_spike: it clips the gradient, which the
+    optimizer then applies, and only returns before ``_update_ema``. After a lasting shift every step is a
+    spike: the statistics stay frozen for good but the parameter keeps moving (with a clipped step)."""
+    z_thresh, eps = 2.5, 1e-6
+    norms = shifted_norms(10.0, 300)
+    c = make_clipper("zclip", warmup_steps=8, skip_update_on_spike=True)
+    p = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = torch.optim.SGD([p], lr=1.0)
+    for g in norms[:8]:
+        feed(c, g)
+    # The package's _initialize_ema on the 8 warm-up norms (population mean and variance):
+    mean = sum(norms[:8]) / 8
+    var = sum((x - mean) ** 2 for x in norms[:8]) / 8
+    assert (c.mean, c.var) == (mean, var)
+    for g in norms[8:]:
+        opt.zero_grad()
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        before = p.item()
+        stats = c.clip([p])
+        # The package's _compute_clip_val (zscore, adaptive_scaling) with the frozen mean/var:
+        std = var**0.5
+        z = (g - mean) / (std + eps)
+        clip_val = mean + (z_thresh * std) / (z / z_thresh)
+        assert stats.spike and stats.stats_frozen and stats.clipped and not stats.skip, stats
+        assert stats.threshold == clip_val
+        # clipped, not zeroed: the package's apply_in_place_clipping scale max / (norm + 1e-6)
+        assert p.grad.item() == pytest.approx(g * clip_val / (g + EPS), rel=1e-12) and p.grad.item() > 0
+        if not stats.skip:  # the documented training loop
+            opt.step()
+        assert p.item() == pytest.approx(before - g * clip_val / (g + EPS), rel=1e-12)
+        assert (c.mean, c.var) == (mean, var)  # the package skips _update_ema: frozen for good
+
+
+@pytest.mark.parametrize("clip_option", ["adaptive_scaling", "mean"])
+def test_zclip_zscore_mode_does_not_follow_an_abrupt_level_shift(clip_option):
+    """Without skip_update_on_spike the EMA is fed the CLIPPED norm (package behaviour): the variance decays,
+    the mean stalls near the old level and every step after a 1 -> 10 shift stays a spike clipped to ~1."""
+    c = make_clipper("zclip", warmup_steps=8, clip_option=clip_option)
+    stats = [feed(c, g)[0] for g in shifted_norms(10.0, 1000)]
+    after = stats[8:]
+    assert all(s.spike and s.clipped and not s.skip and not s.stats_frozen for s in after)
+    assert max(s.threshold for s in after[-100:]) < 1.5  # pinned at the pre-shift level
+    assert c.mean < 1.5 and c.var < 1e-6
+
+
+def test_zclip_percentile_mode_follows_an_abrupt_level_shift():
+    """Percentile mode feeds back mean + z_thresh * std, so the mean climbs and the spikes stop."""
+    c = make_clipper("zclip", warmup_steps=8, mode="percentile")
+    stats = [feed(c, g)[0] for g in shifted_norms(10.0, 1000)]
+    last_spike = max(i for i, s in enumerate(stats) if s.spike)
+    assert sum(s.spike for s in stats[-500:]) < 25  # ~ the noise tail beyond mean + 2.5 std, not all
+    assert 8.0 < c.mean < 12.0 and last_spike > 8
+
+
+def ramp_mean(seed: int, **kwargs) -> tuple[float, int]:
+    """Feed norms rising 1 -> 10 over 500 steps (10 % noise), then 500 at 10; return the final mean and the
+    number of spikes among the last 500."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1000, generator=gen, dtype=torch.float64).tolist()
+    c = make_clipper("zclip", **kwargs)
+    flagged = [feed(c, (1.0 + 9.0 * min(t / 500, 1.0)) * (1.0 + 0.1 * e))[0].spike
+               for t, e in enumerate(noise)]
+    return c.mean, sum(flagged[500:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kwargs", [{}, {"mode": "percentile"}])
+def test_zclip_default_and_percentile_modes_follow_a_gradual_drift(kwargs, seed):
+    """The counterpart of the level-shift tests: a ramp 1 -> 10 over 500 steps is tracked."""
+    mean, late_spikes = ramp_mean(seed, **kwargs)
+    assert 9.0 < mean < 11.0
+    assert late_spikes < 0.06 * 500  # only the noise tail is flagged, not every step
+
+
+def test_zclip_mean_option_can_lock_at_the_old_level_on_a_ramp():
+    """Documented hazard: clip_option="mean" feeds back the mean itself on a spike, so a run of spikes
+    during a ramp can stop the EMA for good (seed 0 of the ramp above)."""
+    mean, late_spikes = ramp_mean(0, clip_option="mean")
+    assert mean < 2.0 and late_spikes == 500
