@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+import envs.spec as _spec
 from agents.errors import UserError
 
 __all__ = [
@@ -157,6 +159,8 @@ class ClipConfig:
     def __post_init__(self) -> None:
         for part in ("policy", "value"):
             name = getattr(self, part)
+            if name is None:  # ``policy: none`` in YAML reads as None (envs.spec.parse_value): no clipping
+                name = "none"
             if not isinstance(name, str) or not name:
                 raise UserError(f"clip.{part} must be a clipper name such as 'zclip', got {name!r}")
             object.__setattr__(self, part, name.lower())
@@ -575,13 +579,26 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML structure; every plain scalar is read by :func:`envs.spec.parse_value`.
+
+    So a config file means what the same text means on the command line: ``1e-3`` is a float (YAML 1.1 reads
+    a string), ``none`` is None, ``inf`` and ``.inf`` are infinity; quoted scalars stay strings.
+    """
+
+
+_SpecLoader.yaml_implicit_resolvers = {}
+_SpecLoader.add_implicit_resolver("tag:perpclip:value", re.compile(r"(?s).*"), None)
+_SpecLoader.add_constructor("tag:perpclip:value", lambda loader, node: _spec.parse_value(node.value))
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML config (a full ``config.yaml`` of a run or a partial one)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
-        d = yaml.safe_load(path.read_text())
+        d = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if d is not None and not isinstance(d, dict):
@@ -594,68 +611,31 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets/quotes, so ``a=[1,2],b=3`` gives two items."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[({":
-            depth += 1
-        elif ch in "])}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
-
-
 def parse_kwargs(text: str, *, where: str = "keyword arguments") -> dict[str, Any]:
-    """Parse ``key=value,key=value``; values are read as YAML scalars/lists (``yaml.safe_load``, never eval).
+    """``key=value,...`` -> dict by :func:`envs.spec.parse_kwargs` (the one value parser); UserError if bad.
 
     ``z_thresh=2.5,alpha=0.9,warmup=10,mode=[1,2]`` -> ``{"z_thresh": 2.5, "alpha": 0.9, ...}``.
     """
-    out: dict[str, Any] = {}
-    for item in _split_top_level(text):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise UserError(
-                f"bad {where} {item!r}: expected key=value pairs separated by commas, e.g. alpha=0.9"
-            )
-        try:
-            out[key] = _literal(raw.strip())
-        except yaml.YAMLError:
-            raise UserError(f"bad value in {where} {item!r}: not a number, word or [list]") from None
-    return out
-
-
-def _literal(raw: str) -> Any:
-    """A YAML scalar/list, with the two YAML-1.1 surprises fixed: ``1e-4`` is a float (PyYAML reads it as a
-    string without a dot) and ``none``/``None`` is None (as ``null``)."""
-    if not raw:
-        return None
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        if value.lower() in ("none", "null"):
-            return None
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            return value
-    return value
+    try:
+        return _spec.parse_kwargs(text, where=where)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def parse_clip_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", {"z_thresh": 2.0, "alpha": 0.9})``."""
-    name, _, rest = str(spec).partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise UserError(f"bad clipper spec {spec!r}: expected name[:key=value,...], e.g. zclip:z_thresh=2.0")
-    return name, parse_kwargs(rest, where=f"clipper arguments of {spec!r}") if rest.strip() else {}
+    """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", {"z_thresh": 2.0, "alpha": 0.9})``.
+
+    The grammar is :func:`clipping.spec.parse_clip_part` (imported here only: ``clipping`` loads torch), the
+    values :func:`envs.spec.parse_value`.
+    """
+    from clipping.spec import parse_clip_part
+
+    try:
+        name, kwargs = parse_clip_part(spec, _spec.parse_value, where=f"clipper spec {str(spec)!r}")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    keys = [k for k, _ in kwargs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise UserError(f"clipper spec {spec!r} gives keyword(s) {dup} more than once")
+    return name, dict(kwargs)
