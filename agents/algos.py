@@ -293,8 +293,8 @@ def load_model(
     if not path.is_file():
         raise UserError(f"no model file {str(path)!r}")
     spec = ALGOS[algo.algo]
+    saved_obs, saved_act = _guard_archive(path, lambda: _saved_spaces(spec, path))  # damaged: fails here
     if env is not None:
-        saved_obs, saved_act = _guard_archive(path, lambda: _saved_spaces(spec, path))
         if saved_obs.shape != env.observation_space.shape:
             raise UserError(
                 f"the model in {str(path)!r} was trained on observations of shape {saved_obs.shape} but this "

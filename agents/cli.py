@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "func"):
             parser.print_help()
             return 2
-        return int(args.func(args))
+        status = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a reader that left (``| head``) is handled below
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agents.reporting import format_cell
+
 __all__ = ["DEFINITIONS", "format_table", "plot_sharpe", "results_frame", "summarize"]
 
 #: Leading columns of results.csv, in order; metric columns follow as they appear.
@@ -140,11 +142,14 @@ def summarize(
 def _pm(m: float, s: float, digits: int) -> str:
     if not math.isfinite(m):
         return "n/a"
-    return f"{m:+.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:+.{digits}f}"
+    mean = format_cell(m, f"{{:+.{digits}f}}")
+    return f"{mean} ± {format_cell(s, f'{{:.{digits}f}}')}" if math.isfinite(s) else mean
 
 
 def _num(x: Any, fmt: str) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format_cell(x, f"{{:{fmt}}}")
 
 
 def format_table(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) -> str:

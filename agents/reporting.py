@@ -24,7 +24,7 @@ def format_cell(value: Any, fmt: str) -> str:
     text = fmt.format(int(value) if fmt == "{:d}" else float(value))
     # A tiny negative number rounds to "-0.00": a sign the reader cannot act on.
     if text.startswith("-") and not any(c in "123456789" for c in text):
-        text = text[1:]
+        text = ("+" if "+" in fmt else "") + text[1:]
     return text
 
 
