@@ -19,7 +19,7 @@ from agents.config import RunConfig, load_config
 from agents.errors import UserError
 from agents.options import add_run_options, config_from_args, given_run_options
 
-__all__ = ["EXAMPLES", "build_parser", "config_from_args", "main"]
+__all__ = ["EXAMPLES", "build_parser", "config_from_args", "main", "main_exit"]
 
 SUBCOMMANDS = ("train", "evaluate", "compare", "help")
 
@@ -220,3 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def main_exit() -> None:
+    """The ``perpclip`` console script: :func:`main` with its status as the exit code."""
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Edges of the command line: -OO, ``help``, failed starts and resumes, damaged models, pipes, output names."""
+"""Edges of the command line: -OO, help, failed starts and resumes, damaged models, pipes, output names."""
 
 from __future__ import annotations
 
@@ -140,3 +140,31 @@ def test_tables_never_show_minus_zero():
     }
     report = EvalReport(metrics, {"flat": dict(metrics)}, np.zeros(3), np.ones(4))
     assert "-0.00" not in report.table()
+
+
+def test_data_options_reach_load_market(tmp_path, monkeypatch):
+    """--fill-gaps, --funding-tz and repeated --funding are recorded in the config and passed through."""
+    import envs.loaders
+    from agents.cli import build_parser
+    from agents.env_factory import RunData
+    from agents.options import config_from_args
+
+    a, b = tmp_path / "f1.csv", tmp_path / "f2.csv"
+    a.write_text("x")
+    b.write_text("x")
+    argv = ["train", "--data", "bars.csv", "--funding", str(a), "--funding", str(b)]
+    cfg = config_from_args(build_parser().parse_args([*argv, "--funding-tz", "UTC+8", "--fill-gaps"]))
+    assert cfg.data.funding == [str(a), str(b)] and cfg.data.funding_tz == "UTC+8" and cfg.data.fill_gaps
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    seen = {}
+
+    def fake_load_market(spec, **kwargs):
+        seen.update(kwargs, spec=spec)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(envs.loaders, "load_market", fake_load_market)
+    with pytest.raises(ValueError, match="stop here"):
+        RunData(cfg)
+    assert seen == {"spec": "bars.csv", "funding": [str(a), str(b)], "funding_tz": "UTC+8", "fill_gaps": True}
+    one = config_from_args(build_parser().parse_args(["train", "--funding", str(a)]))
+    assert one.data.funding == str(a) and not one.data.fill_gaps and one.data.funding_tz is None
