@@ -38,7 +38,7 @@ import pandas as pd
 
 from agents.compare_backends import default_workers, make_backend
 from agents.compare_outcome import Runner, execute_job
-from agents.compare_report import DEFINITIONS, format_table, plot_sharpe, results_frame, summarize
+from agents.compare_report import DEFINITIONS, format_summary, plot_metric, results_frame, summarize
 from agents.compare_spec import (
     ClipSpec,
     FoldRanges,
@@ -230,7 +230,7 @@ def run_compare(
         summary = summarize(
             frame, order=[s.label for s in plan.specs], columns=columns, reference=plan.task.reference
         )
-        table = format_table(summary, columns)
+        table = format_summary(summary, columns)
         _write_outputs(store, frame, summary, table, plan, command, getattr(runner, "model", None))
     n_failed = int((frame["status"] != "ok").sum())
     say("")
@@ -414,7 +414,7 @@ def _write_outputs(
     metric = task.default_metric
     label = next((lab for key, lab, _ in task.summary_columns() if key == metric), f"test {metric}")
     try:
-        plot_sharpe(
+        plot_metric(
             frame,
             out_dir / _plot_file(task),
             order=[s.label for s in specs],

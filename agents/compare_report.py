@@ -17,7 +17,7 @@ import pandas as pd
 
 from agents.reporting import format_cell
 
-__all__ = ["DEFINITIONS", "format_table", "plot_sharpe", "results_frame", "summarize"]
+__all__ = ["DEFINITIONS", "format_summary", "plot_metric", "results_frame", "summarize"]
 
 #: Leading columns of results.csv, in order; metric columns follow as they appear.
 LEAD_COLUMNS = (
@@ -152,7 +152,7 @@ def _num(x: Any, fmt: str) -> str:
     return format_cell(x, f"{{:{fmt}}}")
 
 
-def format_table(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) -> str:
+def format_summary(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) -> str:
     """The per-clipper summary as a Markdown table (also what the CLI prints)."""
     parts = sorted(c[len("clip_frac_") :] for c in summary.columns if c.startswith("clip_frac_"))
     head = ["clipper", "ok/runs", *(f"{label} (mean ± std)" for _, label, _ in columns), "diverged"]
@@ -168,7 +168,7 @@ def format_table(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) -> s
     return "\n".join(lines)
 
 
-def plot_sharpe(
+def plot_metric(
     df: pd.DataFrame,
     path: str | Path,
     *,
