@@ -2,8 +2,14 @@
 
 ``RunConfig.to_dict()`` gives plain YAML-safe data (lists, dicts, str, int, float, bool, None) and
 ``RunConfig.from_dict(d)`` rebuilds it, rejecting unknown keys by name, so a ``config.yaml`` written by a
-run is exactly what reproduces it. Only the standard library and PyYAML are imported here: the compare tool
-and the CLI read configs without loading torch or SB3.
+run is exactly what reproduces it. Neither torch nor SB3 is imported here: the compare tool and the CLI read
+configs without loading them.
+
+The env sections come from the task registry (:mod:`agents.tasks`): ``env`` (:class:`EnvConfig`, trading)
+and ``exec_env`` (:class:`ExecEnvConfig`, execution) are defined with their tasks and re-exported here; a
+registered task's section is a section of every ``RunConfig``. Scalars of config files are read by the one
+value parser of every ``key=value`` spec (:func:`envs.spec.parse_value`), so ``1e-3``, ``none`` or ``inf``
+mean in a file what they mean on the command line.
 """
 
 from __future__ import annotations

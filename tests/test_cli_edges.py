@@ -168,3 +168,17 @@ def test_data_options_reach_load_market(tmp_path, monkeypatch):
     assert seen == {"spec": "bars.csv", "funding": [str(a), str(b)], "funding_tz": "UTC+8", "fill_gaps": True}
     one = config_from_args(build_parser().parse_args(["train", "--funding", str(a)]))
     assert one.data.funding == str(a) and not one.data.fill_gaps and one.data.funding_tz is None
+
+
+def test_console_script_points_at_the_cli(monkeypatch):
+    """``perpclip`` (pyproject's console script) is the same command line as ``python train.py``."""
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["perpclip"]
+    module, _, attr = target.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    monkeypatch.setattr(sys, "argv", ["perpclip", "help"])
+    with pytest.raises(SystemExit) as exc:
+        fn()
+    assert exc.value.code == 0
