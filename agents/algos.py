@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,8 @@ def load_model(
     if not path.is_file():
         raise UserError(f"no model file {str(path)!r}")
     spec = ALGOS[algo.algo]
+    saved_obs, saved_act = _guard_archive(path, lambda: _saved_spaces(spec, path))  # damaged: fails here
     if env is not None:
-        saved_obs, saved_act = _saved_spaces(spec, path)
         if saved_obs.shape != env.observation_space.shape:
             raise UserError(
                 f"the model in {str(path)!r} was trained on observations of shape {saved_obs.shape} but this "
@@ -306,7 +307,7 @@ def load_model(
                 f"the model in {str(path)!r} acts in {saved_act} but this env's action space is "
                 f"{env.action_space}; use the env settings of the run's config.yaml"
             )
-    model = spec.cls.load(path, env=env, device=device or algo.device)
+    model = _guard_archive(path, lambda: spec.cls.load(path, env=env, device=device or algo.device))
     hooks = None
     state = read_clipper_state(path)
     if clip.active:
@@ -316,6 +317,20 @@ def load_model(
         if state is not None:
             hooks.load_state_dict(state)
     return ClippedModel(model, hooks)
+
+
+def _guard_archive(path: Path, read: Callable[[], Any]) -> Any:
+    """``read()``, with a damaged archive (truncated, not a zip) reported as a user error, not a traceback."""
+    import zipfile
+
+    try:
+        return read()
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError, OSError) as exc:
+        msg = " ".join(str(exc).split()).removeprefix("Error: ") or type(exc).__name__
+        raise UserError(
+            f"cannot read the model {str(path)!r}: the file is damaged or not an SB3 model archive ({msg}); "
+            "train the run again or evaluate another model (--model best/final)"
+        ) from None
 
 
 def _saved_spaces(spec: AlgoSpec, path: Path) -> tuple[spaces.Space, spaces.Space]:

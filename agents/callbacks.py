@@ -16,10 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from agents.clip_hooks import ClipHooks
 from envs.metrics import METRIC_KEYS
 
-__all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "TradingEvalCallback"]
-
-#: Validation metrics where lower is better (``max_drawdown`` by magnitude, the execution shortfall).
-LOWER_IS_BETTER = ("max_drawdown", "shortfall_bps")
+__all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "ValidationCallback"]
 
 
 class ClipLoggerCallback(BaseCallback):
@@ -117,18 +114,19 @@ class ExecutionMetricsCallback(BaseCallback):
         return True
 
 
-class TradingEvalCallback(BaseCallback):
+class ValidationCallback(BaseCallback):
     """Every ``eval_freq`` environment steps, run the policy over the validation period and log ``eval/…``.
 
-    Used by both tasks: the trading task's ``evaluate`` returns ``trade_metrics``, the execution task's the
-    shortfall statistics of the validation episodes (``agents.run.execution_metrics``).
+    Task-neutral: ``evaluate`` is the task's validator (``TaskSpec.make_validator``: ``trade_metrics`` for
+    trading, the shortfall statistics of the validation episodes for execution).
 
     Args:
         evaluate: returns the metrics dict of one deterministic pass over the validation period.
         eval_freq: in environment steps summed over envs (converted to callback calls internally).
         n_envs: number of training envs.
-        metric: the metric that selects the best model (higher is better; lower for ``max_drawdown`` and
-            ``shortfall_bps``: ``LOWER_IS_BETTER``).
+        metric: the metric that selects the best model.
+        score: ``(metric, value) -> float`` to maximize (default: ``TaskSpec.score`` of the registered task
+            that has ``metric``: lower is better for ``shortfall_bps``, ``max_drawdown`` by magnitude).
         on_best: called with the metrics whenever a new best is found (saves ``best_model.zip``).
     """
 
@@ -140,12 +138,19 @@ class TradingEvalCallback(BaseCallback):
         n_envs: int,
         metric: str = "sharpe",
         on_best: Callable[[dict[str, Any]], None] | None = None,
+        score: Callable[[str, float], float] | None = None,
     ) -> None:
         super().__init__()
         self.evaluate = evaluate
         self.every_calls = max(1, eval_freq // max(1, n_envs))
         self.metric = metric
         self.on_best = on_best
+        if score is None:
+            from agents.tasks import TASKS
+
+            task = next((t for t in TASKS.values() if metric in t.metrics), None)
+            score = task.score if task is not None else (lambda _m, v: v)
+        self._score = score
         self.best: float = -math.inf
         self.best_metrics: dict[str, Any] | None = None
         self.history: list[tuple[int, dict[str, Any]]] = []
@@ -155,7 +160,7 @@ class TradingEvalCallback(BaseCallback):
         value = float(metrics[self.metric])
         if math.isnan(value):
             return -math.inf
-        return -value if self.metric in LOWER_IS_BETTER else value
+        return self._score(self.metric, value)
 
     def run_eval(self) -> dict[str, Any]:
         metrics = self.evaluate()

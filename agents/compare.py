@@ -3,53 +3,42 @@
 Each run is an ordinary run folder (``agents.run.train`` then ``agents.run.evaluate(split="test")``) inside
 the compare folder, so ``tensorboard --logdir <compare folder>`` shows every curve side by side. The compare
 folder also gets ``results.csv`` (one row a run), ``summary.md`` (the per-clipper table, definitions, folds,
-command), ``test_sharpe.png`` and ``commands.txt`` (every invocation, appended).
+command), ``test_<metric>.png`` (``test_sharpe.png`` for trading) and ``commands.txt`` (every invocation,
+appended). Any registered task can be compared: runs are judged by the task's test metrics
+(``TaskSpec.summary_columns``) next to its reference baseline.
 
-Execution:
+The parts, each behind a small interface:
 
-- ``workers == 1``: runs one after the other in this process.
-- ``workers > 1`` (default: min(CPU count, runs)): a ``ProcessPoolExecutor`` with the ``spawn`` start method
-  (fork is unsafe with torch threads); each worker uses one torch thread. If a worker process dies (segfault,
-  out of memory) the pool breaks; the runs it took down are then retried each in its own process, so the
-  culprit is recorded as failed and the others complete.
-- ``ray_address``: one Ray task (1 CPU) per run on an existing cluster (``auto`` or ``HOST:PORT``). Every node
-  needs perpclip installed (``pip install perpclip[distributed]``) and the compare folder should be on storage
-  all nodes share; the driver also writes each run's ``result.json`` from the returned row, so results.csv is
-  complete even when it is not.
+- what the command asks for: :mod:`agents.compare_spec` (clipper specs, seeds, folds, the grid of jobs);
+- one run in a worker and its typed outcome with the divergence rules: :mod:`agents.compare_outcome`;
+- where runs execute (inline, a process per job, Ray): :mod:`agents.compare_backends`;
+- the compare folder as a result store (lock, ``result.json`` per run, the resume scan):
+  :mod:`agents.compare_store`;
+- tables and plots: :mod:`agents.compare_report`.
 
-Resuming: a run is finished when its folder holds ``result.json`` (written last, atomically, by the worker). A
-re-run of the same command with the same ``--out`` skips finished runs (failed ones too, unless
-``retry_failed``), and refuses to mix in a run whose stored config differs from what the command asks for. A
-folder left without ``result.json`` (run killed mid-way) is moved to ``_incomplete/`` and the run started
-again; a failed run being retried is moved to ``_failed/``. Nothing already written is overwritten or deleted.
-
-Failures: an exception in train or evaluate is caught in the worker; the run gets ``status=failed``, the
-error's last line in ``results.csv`` and the full traceback in ``<run>/traceback.txt``; the other runs go on.
+This module orchestrates them and declares the subcommand. Failures: an exception in train or evaluate is
+caught in the worker; the run gets ``status=failed``, the error's last line in ``results.csv`` and the full
+traceback in ``<run>/traceback.txt``; the other runs go on.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import json
 import math
 import os
 import shlex
 import sys
-import time
-import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from agents.compare_report import DEFINITIONS, format_table, plot_sharpe, results_frame, summarize
+from agents.compare_backends import default_workers, make_backend
+from agents.compare_outcome import Runner, execute_job
+from agents.compare_report import DEFINITIONS, format_summary, plot_metric, results_frame, summarize
 from agents.compare_spec import (
     ClipSpec,
     FoldRanges,
@@ -59,39 +48,20 @@ from agents.compare_spec import (
     parse_clips,
     parse_seeds,
 )
+from agents.compare_store import TRACEBACK_FILE, ResultStore
 from agents.errors import UserError
+from agents.options import add_run_options
 
 __all__ = [
     "AgentsRunner",
     "CompareResult",
     "Runner",
+    "default_workers",
     "execute_job",
     "register_cli",
     "run_compare",
     "run_from_args",
 ]
-
-RESULT_FILE = "result.json"
-TRACEBACK_FILE = "traceback.txt"
-#: A test-period position range (max - min, base units) at or below this is a constant, collapsed policy.
-COLLAPSE_TOL = 1e-9
-#: A Gaussian policy whose last logged action std (SB3's ``train/std``) is below this has stopped exploring.
-STD_COLLAPSE = 1e-3
-
-
-class Runner(Protocol):
-    """What a compare needs from the training code; :class:`AgentsRunner` is the real one.
-
-    Must be picklable (it is sent to worker processes / Ray tasks with each job).
-    """
-
-    def train(self, config: dict[str, Any], run_dir: Path) -> Any:
-        """Train one run; returns an object with TrainResult's attributes."""
-        ...
-
-    def evaluate(self, run_dir: Path) -> Any:
-        """Evaluate a trained run on its test range; returns an object with EvalReport's attributes."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -148,321 +118,6 @@ class AgentsRunner:
             importlib.import_module(module)
 
 
-# ----------------------------------------------------------------------------------------------------
-# One run (executed in a worker)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, (Path, tuple)):
-        return str(x) if isinstance(x, Path) else list(x)
-    return repr(x)
-
-
-def _scalar(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        x = x.item()
-    return x if isinstance(x, (int, float, bool, str)) or x is None else repr(x)
-
-
-def _base_row(job: RunJob) -> dict[str, Any]:
-    f = job.folds
-    clip = job.config.get("clip", {})
-    from agents.compare_spec import ClipPart
-
-    return {
-        "run": job.name,
-        "clip": job.clip,
-        "policy_clip": ClipPart(clip.get("policy", ""), tuple(clip.get("policy_kwargs", {}).items())).text,
-        "value_clip": ClipPart(clip.get("value", ""), tuple(clip.get("value_kwargs", {}).items())).text,
-        "seed": job.seed,
-        "fold": job.fold,
-        "train_start": f.train[0],
-        "train_stop": f.train[1],
-        "val_start": f.val[0] if f.val else None,
-        "val_stop": f.val[1] if f.val else None,
-        "test_start": f.test[0],
-        "test_stop": f.test[1],
-        "status": "failed",
-        "error": "",
-        "run_dir": job.name,
-    }
-
-
-def _train_fields(tr: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "diverged": bool(getattr(tr, "diverged", False)),
-        "diverged_reason": getattr(tr, "diverged_reason", None) or "",
-        "timesteps": _scalar(getattr(tr, "timesteps", None)),
-        "train_time_s": _scalar(getattr(tr, "wall_time_s", None)),
-    }
-    for part, frac in sorted((getattr(tr, "clip_fraction", None) or {}).items()):
-        row[f"clip_frac_{part}"] = float(frac)
-    for part, n in sorted((getattr(tr, "nonfinite", None) or {}).items()):
-        row[f"nonfinite_{part}"] = int(n)
-    return row
-
-
-def _eval_fields(ev: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for k, v in (getattr(ev, "metrics", None) or {}).items():
-        v = _scalar(v)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            row[f"test_{k}"] = v
-    for name, metrics in (getattr(ev, "baselines", None) or {}).items():
-        for k in ("total_return", "sharpe"):
-            if k in (metrics or {}):
-                row[f"baseline_{name}_{k}"] = _scalar(metrics[k])
-    pos = getattr(ev, "positions", None)
-    if pos is not None:
-        pos = np.asarray(pos, dtype=float).ravel()
-        if pos.size and np.all(np.isfinite(pos)):
-            row["collapsed"] = bool(pos.size >= 2 and float(np.ptp(pos)) <= COLLAPSE_TOL)
-            row["position_mean"] = float(pos.mean())
-            row["position_std"] = float(pos.std())
-        elif pos.size:
-            row["collapsed"] = True  # non-finite positions: the policy is broken
-    return row
-
-
-def execute_job(job: RunJob, out_dir: str | Path, runner: Runner) -> dict[str, Any]:
-    """Train and evaluate one run, catching any exception; writes ``result.json`` (and ``traceback.txt``).
-
-    Returns:
-        The results.csv row (with the run's ``config`` dict, used when resuming).
-    """
-    run_dir = Path(out_dir) / job.name
-    row = _base_row(job)
-    t0 = time.perf_counter()
-    stage = "train"
-    try:
-        tr = runner.train(job.config, run_dir)
-        if getattr(tr, "interrupted", False):
-            # Ctrl-C reached the worker: the run is not finished. No result.json, so a re-run moves the folder
-            # to _incomplete/ and trains it again.
-            row["status"] = "interrupted"
-            return row
-        row.update(_train_fields(tr))
-        std = _final_action_std(run_dir)
-        if std is not None:
-            row["action_std"] = std
-        stage = "evaluate"
-        ev = runner.evaluate(run_dir)
-        row.update(_eval_fields(ev))
-        row["status"] = "ok"
-    except Exception as err:
-        msg = " ".join(str(err).split())
-        row["error"] = f"{stage}: {type(err).__name__}: {msg}"[:500]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
-    if "diverged" in row:  # training finished: non-finite training or a collapsed policy
-        std_dead = row.get("action_std") is not None and row["action_std"] < STD_COLLAPSE
-        if not row["diverged"] and row.get("collapsed"):
-            row["diverged_reason"] = (
-                f"collapsed: constant position {row.get('position_mean', math.nan):.6g} over the test period"
-            )
-        elif not row["diverged"] and std_dead:
-            row["diverged_reason"] = f"collapsed: action std {row['action_std']:.2g} < {STD_COLLAPSE:g}"
-        row["diverged"] = bool(row["diverged"]) or bool(row.get("collapsed")) or std_dead
-    else:
-        row["diverged"] = None
-    row["wall_time_s"] = time.perf_counter() - t0
-    row["config"] = job.config
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(run_dir / RESULT_FILE, row)
-    return row
-
-
-def _final_action_std(run_dir: Path) -> float | None:
-    """Last ``train/std`` SB3 logged to ``progress.csv`` (Gaussian policies of PPO/A2C), if any."""
-    path = run_dir / "progress.csv"
-    if not path.is_file():
-        return None
-    try:
-        col = pd.read_csv(path, usecols=lambda c: c == "train/std")
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return None
-    if "train/std" not in col or col["train/std"].dropna().empty:
-        return None
-    return float(col["train/std"].dropna().iloc[-1])
-
-
-def _worker_init(runner: Runner | None = None) -> None:
-    # Before torch is imported: one BLAS/OpenMP thread per worker, workers are the parallelism.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    _warmup(runner)
-
-
-def _warmup(runner: Runner | None) -> None:
-    warmup = getattr(runner, "warmup", None)
-    if warmup is not None:
-        # A failing warm-up is not fatal here: the run itself hits the same error and records its traceback.
-        with contextlib.suppress(Exception):
-            warmup()
-
-
-def _isolated_main(job: RunJob, out_dir: str, runner: Runner) -> None:
-    _worker_init(runner)
-    execute_job(job, out_dir, runner)
-
-
-def _failure_row(job: RunJob, error: str) -> dict[str, Any]:
-    row = _base_row(job)
-    row.update(error=error[:500], wall_time_s=math.nan, config=job.config, diverged=None)
-    return row
-
-
-# ----------------------------------------------------------------------------------------------------
-# Backends
-
-
-OnDone = Callable[[dict[str, Any]], None]
-
-
-def _read_result(out_dir: Path, job: RunJob) -> dict[str, Any] | None:
-    path = out_dir / job.name / RESULT_FILE
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return None
-    return None
-
-
-def _record_failure(out_dir: Path, job: RunJob, error: str) -> dict[str, Any]:
-    row = _failure_row(job, error)
-    run_dir = out_dir / job.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / RESULT_FILE).exists():
-        _write_json_atomic(run_dir / RESULT_FILE, row)
-    return row
-
-
-def _run_inline(jobs: list[RunJob], out_dir: Path, runner: Runner, on_done: OnDone) -> None:
-    _warmup(runner)
-    for job in jobs:
-        on_done(execute_job(job, out_dir, runner))
-
-
-def _run_isolated(jobs: list[RunJob], out_dir: Path, runner: Runner, workers: int, on_done: OnDone) -> None:
-    """Each job in its own spawned process (N at a time): a crash takes down only its own run."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-
-    def one(job: RunJob) -> dict[str, Any]:
-        proc = ctx.Process(
-            target=_isolated_main, args=(job, str(out_dir), runner), name=f"compare-{job.name}"
-        )
-        proc.start()
-        proc.join()
-        row = _read_result(out_dir, job)
-        if row is None:
-            code = proc.exitcode
-            why = " (killed by a signal, e.g. out of memory)" if code is not None and code < 0 else ""
-            row = _record_failure(out_dir, job, f"worker process died with exit code {code}{why}")
-        return row
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for fut in as_completed([pool.submit(one, j) for j in jobs]):
-            on_done(fut.result())
-
-
-def _run_pool(jobs: list[RunJob], out_dir: Path, runner: Runner, workers: int, on_done: OnDone) -> None:
-    import multiprocessing as mp
-
-    broken: list[RunJob] = []
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=_worker_init,
-        initargs=(runner,),
-    ) as pool:
-        futs: dict[Future, RunJob] = {pool.submit(execute_job, j, str(out_dir), runner): j for j in jobs}
-        for fut in as_completed(futs):
-            job = futs[fut]
-            try:
-                row = fut.result()
-            except BrokenProcessPool:
-                row = _read_result(out_dir, job)  # it may have finished just before the pool broke
-                if row is None:
-                    broken.append(job)
-                    continue
-            except Exception as err:  # e.g. the job or runner could not be pickled
-                row = _record_failure(out_dir, job, f"could not run in a worker: {type(err).__name__}: {err}")
-            on_done(row)
-    if broken:
-        print(
-            f"compare: a worker process died; retrying {len(broken)} run(s) one process each "
-            "to find which one crashed",
-            file=sys.stderr,
-            flush=True,
-        )
-        for job in broken:
-            _move_aside(out_dir, job, "_incomplete")
-        _run_isolated(broken, out_dir, runner, workers, on_done)
-
-
-def _ray_task(job: RunJob, out_dir: str, runner: Runner) -> dict[str, Any]:
-    _worker_init(runner)
-    return execute_job(job, out_dir, runner)
-
-
-def _run_ray(jobs: list[RunJob], out_dir: Path, runner: Runner, address: str, on_done: OnDone) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise UserError(
-            "--ray-address needs Ray: pip install 'perpclip[distributed]' (or pip install ray)"
-        ) from None
-    own = not ray.is_initialized()
-    if own:
-        try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(
-                f"--ray-address {address!r}: cannot connect to a Ray cluster ({err}); start one with "
-                "`ray start --head` and pass auto or its HOST:PORT"
-            ) from err
-    try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
-        refs = {task.remote(j, str(out_dir), runner): j for j in jobs}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                job = refs[ref]
-                try:
-                    row = ray.get(ref)
-                except ray.exceptions.RayError as err:
-                    row = _record_failure(out_dir, job, f"ray task failed: {type(err).__name__}: {err}")
-                else:
-                    # Without a shared filesystem the worker wrote result.json on its own node: keep a
-                    # copy here.
-                    path = out_dir / job.name / RESULT_FILE
-                    if not path.exists():
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        _write_json_atomic(path, row)
-                on_done(row)
-    finally:
-        if own:
-            ray.shutdown()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Orchestration
-
-
 @dataclass(frozen=True)
 class CompareResult:
     """What a compare produced.
@@ -483,92 +138,6 @@ class CompareResult:
     n_ran: int
     n_skipped: int
     n_failed: int
-
-
-def _norm(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flat(_norm(old)), _flat(_norm(new))
-    return [
-        f"{k}: {a.get(k, '<absent>')!r} before, {b.get(k, '<absent>')!r} now"
-        for k in sorted(a.keys() | b.keys())
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
-    ]
-
-
-def _move_aside(out_dir: Path, job: RunJob, where: str) -> Path | None:
-    src = out_dir / job.name
-    if not src.exists():
-        return None
-    dest_root = out_dir / where
-    dest_root.mkdir(exist_ok=True)
-    k = 1
-    while (dest_root / f"{job.name}.{k}").exists():
-        k += 1
-    dest = dest_root / f"{job.name}.{k}"
-    os.replace(src, dest)
-    return dest
-
-
-class _Lock:
-    """``compare.lock`` in the compare folder: two compares writing the same runs would corrupt them."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / "compare.lock"
-
-    def __enter__(self) -> _Lock:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise UserError(
-                        f"another compare (pid {pid}) is running in {self.path.parent}; wait for it or use "
-                        "another --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            return self
-        raise UserError(f"cannot take the lock {self.path}; delete it if no compare is running")
-
-    def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def default_workers(n_runs: int) -> int:
-    """min(usable CPUs, runs), at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, n_runs))
 
 
 def _new_out_dir(root: Path = Path("runs")) -> Path:
@@ -629,136 +198,164 @@ def run_compare(
             config.
     """
     say = log or (lambda _msg: None)
-    if isinstance(clips, str) or not all(isinstance(c, ClipSpec) for c in clips):
-        specs = parse_clips(clips)  # type: ignore[arg-type]
-    else:
-        specs = list(clips)  # type: ignore[arg-type]
-    seed_list = parse_seeds(seeds)
-    real = runner is None or isinstance(runner, AgentsRunner)
-    market = _load_market(base_config) if real or (isinstance(folds, int) and n_bars is None) else None
-    if isinstance(folds, int):
-        fold_list = make_folds(
-            len(market) if n_bars is None else n_bars,
-            folds,
-            mode=fold_mode,
-            test_bars=test_bars,
-            min_train_bars=min_train_bars,
-            val_bars=val_bars,
-            gap=gap,
-        )
-    else:
-        fold_list = list(folds)
-    jobs = expand_grid(base_config, specs, seed_list, fold_list)
-    if real:
-        _preflight(jobs, fold_list, market, runner or AgentsRunner())
+    plan = _plan(
+        base_config, clips, seeds, folds, n_bars, fold_mode, test_bars, min_train_bars, val_bars, gap, runner
+    )
     runner = runner if runner is not None else AgentsRunner()
     out_dir = Path(out) if out is not None else _new_out_dir()
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} exists and is not a folder; give a folder path")
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    with _Lock(out_dir):
-        with open(out_dir / "commands.txt", "a") as fh:
-            fh.write(f"{_dt.datetime.now().isoformat(timespec='seconds')}  {command or '(python API)'}\n")
-        if not (out_dir / "compare.json").exists():
-            _write_json_atomic(
-                out_dir / "compare.json",
-                {
-                    "command": command,
-                    "clips": [s.label for s in specs],
-                    "seeds": seed_list,
-                    "folds": [{"train": f.train, "val": f.val, "test": f.test} for f in fold_list],
-                    "base_config": base_config,
-                },
-            )
-        rows: dict[str, dict[str, Any]] = {}
-        todo: list[RunJob] = []
-        for job in jobs:
-            prev = _read_result(out_dir, job)
-            if prev is not None:
-                diff = _config_diff(prev.get("config", {}), job.config)
-                if diff:
-                    raise UserError(
-                        f"{out_dir / job.name} was run with another config ({'; '.join(diff[:4])}); "
-                        "re-run with the options it was started with, or use a new --out"
-                    )
-                if prev.get("status") != "ok" and retry_failed:
-                    dest = _move_aside(out_dir, job, "_failed")
-                    say(f"retrying failed run {job.name} (old folder kept in {dest})")
-                    todo.append(job)
-                else:
-                    rows[job.name] = prev
-            else:
-                if (out_dir / job.name).exists():
-                    dest = _move_aside(out_dir, job, "_incomplete")
-                    say(f"{job.name} has no {RESULT_FILE} (interrupted?); moved to {dest}, running it again")
-                todo.append(job)
+    store = ResultStore(out_dir)
+    with store.lock():
+        store.append_command(command)
+        store.write_manifest(
+            {
+                "command": command,
+                "clips": [s.label for s in plan.specs],
+                "seeds": plan.seeds,
+                "folds": [{"train": f.train, "val": f.val, "test": f.test} for f in plan.folds],
+                "base_config": base_config,
+            }
+        )
+        rows, todo = store.scan(plan.jobs, retry_failed=retry_failed, say=say)
         n_skipped = len(rows)
         if n_skipped:
-            say(f"compare: {n_skipped} of {len(jobs)} run(s) already finished in {out_dir}; skipping them")
-
-        done_count = [0]
-
-        def on_done(row: dict[str, Any]) -> None:
-            rows[row["run"]] = row
-            done_count[0] += 1
-            if row.get("status") == "ok":
-                sharpe, ret = row.get("test_sharpe", math.nan), row.get("test_total_return", math.nan)
-                what = f"ok  test Sharpe {sharpe:+.2f}  return {ret:+.4f}"
-                if row.get("diverged"):
-                    what += f"  DIVERGED ({row.get('diverged_reason', '')})"
-            else:
-                what = f"FAILED  {row.get('error', '')}"
-            wall = row.get("wall_time_s", math.nan)
-            say(f"[{done_count[0]}/{len(todo)}] {row['run']}: {what}  ({wall:.1f} s)")
-
+            say(f"compare: {n_skipped} of {len(plan.jobs)} run(s) already finished in {out_dir}; skipping")
         if todo:
-            # Clippers interleaved (for each seed and fold, every clipper in turn): each clipper meets the
-            # same machine load and worker warm-up, so wall times stay comparable.
-            rank = {s.label: i for i, s in enumerate(specs)}
-            todo.sort(key=lambda j: (j.seed, j.fold, rank[j.clip]))
-            n_workers = workers if workers is not None else default_workers(len(todo))
-            if n_workers < 1:
-                raise UserError(f"--workers must be >= 1, got {n_workers}")
-            where = (
-                f"Ray cluster {ray_address}"
-                if ray_address
-                else ("this process" if n_workers == 1 else f"{n_workers} worker processes")
-            )
-            say(f"compare: running {len(todo)} run(s) on {where}; output in {out_dir}")
-            if ray_address:
-                _run_ray(todo, out_dir, runner, ray_address, on_done)
-            elif n_workers == 1:
-                _run_inline(todo, out_dir, runner, on_done)
-            else:
-                _run_pool(todo, out_dir, runner, n_workers, on_done)
-
-        ordered = [rows[j.name] for j in jobs if j.name in rows]
+            _execute(plan, todo, store, runner, rows, workers=workers, ray_address=ray_address, say=say)
+        ordered = [rows[j.name] for j in plan.jobs if j.name in rows]
         frame = results_frame(ordered)
-        summary = summarize(frame, order=[s.label for s in specs])
-        table = format_table(summary)
-        evaluated = getattr(runner, "model", None)
-        _write_outputs(
-            out_dir, frame, summary, table, specs, seed_list, fold_list, base_config, command, evaluated
+        columns = plan.task.summary_columns()
+        summary = summarize(
+            frame, order=[s.label for s in plan.specs], columns=columns, reference=plan.task.reference
         )
+        table = format_summary(summary, columns)
+        _write_outputs(store, frame, summary, table, plan, command, getattr(runner, "model", None))
     n_failed = int((frame["status"] != "ok").sum())
     say("")
     say(table)
     say("")
     say(
-        f"compare: {len(ordered) - n_failed} ok, {n_failed} failed of {len(jobs)} run(s); "
-        f"results in {out_dir}/results.csv, summary.md, test_sharpe.png; tensorboard --logdir {out_dir}"
+        f"compare: {len(ordered) - n_failed} ok, {n_failed} failed of {len(plan.jobs)} run(s); "
+        f"results in {out_dir}/results.csv, summary.md, {_plot_file(plan.task)}; "
+        f"tensorboard --logdir {out_dir}"
     )
     if n_failed:
         say(f"compare: failed runs keep their traceback in <run>/{TRACEBACK_FILE}")
     return CompareResult(out_dir, frame, summary, table, len(todo), n_skipped, n_failed)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a compare runs: the parsed specs, seeds and folds, the jobs, and the task that judges them."""
+
+    specs: list[ClipSpec]
+    seeds: list[int]
+    folds: list[FoldRanges]
+    jobs: list[RunJob]
+    task: Any
+
+
+def _plan(
+    base_config: dict[str, Any],
+    clips: Any,
+    seeds: Any,
+    folds: Any,
+    n_bars: int | None,
+    fold_mode: str,
+    test_bars: int | None,
+    min_train_bars: int | None,
+    val_bars: int,
+    gap: int,
+    runner: Runner | None,
+) -> _Plan:
+    from agents.tasks import get_task
+
+    task = get_task(base_config.get("task", "trading"))
+    try:  # specs, seeds and folds come from the command line: a bad one is the user's mistake
+        specs = list(clips) if _parsed(clips) else parse_clips(clips)
+        seed_list = parse_seeds(seeds)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    real = runner is None or isinstance(runner, AgentsRunner)
+    market = _load_market(base_config) if real or (isinstance(folds, int) and n_bars is None) else None
+    if isinstance(folds, int):
+        try:
+            fold_list = make_folds(
+                len(market) if n_bars is None else n_bars,
+                folds,
+                mode=fold_mode,
+                test_bars=test_bars,
+                min_train_bars=min_train_bars,
+                val_bars=val_bars,
+                gap=gap,
+            )
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    else:
+        fold_list = list(folds)
+    jobs = expand_grid(base_config, specs, seed_list, fold_list)
+    if real:
+        _preflight(jobs, fold_list, market, runner or AgentsRunner())
+    return _Plan(specs, seed_list, fold_list, jobs, task)
+
+
+def _parsed(clips: Any) -> bool:
+    return not isinstance(clips, str) and all(isinstance(c, ClipSpec) for c in clips)
+
+
+def _execute(
+    plan: _Plan,
+    todo: list[RunJob],
+    store: ResultStore,
+    runner: Runner,
+    rows: dict[str, dict[str, Any]],
+    *,
+    workers: int | None,
+    ray_address: str | None,
+    say: Callable[[str], None],
+) -> None:
+    """Run ``todo`` on the chosen backend, filling ``rows`` and printing one line per finished run."""
+    columns = plan.task.summary_columns()
+    done_count = [0]
+
+    def on_done(row: dict[str, Any]) -> None:
+        rows[row["run"]] = row
+        done_count[0] += 1
+        if row.get("status") == "ok":
+            values = "  ".join(
+                f"{label} {row.get(f'test_{key}', math.nan):+.{digits}f}" for key, label, digits in columns
+            )
+            what = f"ok  {values}"
+            if row.get("diverged"):
+                what += f"  DIVERGED ({row.get('diverged_reason', '')})"
+        else:
+            what = f"FAILED  {row.get('error', '')}"
+        wall = row.get("wall_time_s", math.nan)
+        wall = wall if isinstance(wall, (int, float)) else math.nan
+        say(f"[{done_count[0]}/{len(todo)}] {row['run']}: {what}  ({wall:.1f} s)")
+
+    # Clippers interleaved (for each seed and fold, every clipper in turn): each clipper meets the same
+    # machine load and worker warm-up, so wall times stay comparable.
+    rank = {s.label: i for i, s in enumerate(plan.specs)}
+    todo.sort(key=lambda j: (j.seed, j.fold, rank[j.clip]))
+    n_workers = workers if workers is not None else default_workers(len(todo))
+    backend = make_backend(store, runner, workers=n_workers, ray_address=ray_address)
+    say(f"compare: running {len(todo)} run(s) on {backend.where}; output in {store.out_dir}")
+    backend.run(todo, on_done)
+
+
+def _plot_file(task: Any) -> str:
+    return f"test_{task.default_metric}.png"
+
+
 def _load_market(base_config: dict[str, Any]) -> Any:
     from agents.env_factory import load_data
 
     data = base_config.get("data", {})
-    return load_data(data.get("data", "btcusdt-1h"), data.get("funding"))
+    opts = {"fill_gaps": data.get("fill_gaps") or None, "funding_tz": data.get("funding_tz")}
+    return load_data(data.get("data", "btcusdt-1h"), data.get("funding"), **opts)
 
 
 def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner: AgentsRunner) -> None:
@@ -775,13 +372,6 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
     for job in jobs:
         try:
             cfg = RunConfig.from_dict(job.config)
-            if cfg.task != "trading":
-                # compare scores runs by their test-period trading metrics (Sharpe, return); an execution run
-                # reports shortfall instead, so it would fail inside every run rather than here.
-                raise UserError(
-                    f"compare supports task 'trading' only, got task {cfg.task!r}; "
-                    "evaluate execution runs one by one with `train.py evaluate`"
-                )
             if job.clip not in checked:
                 validate_clip(cfg.clip)
                 resolve_config(cfg)
@@ -792,7 +382,7 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
         return
     if runner.model == "best" and any(f.val is None for f in folds):
         raise UserError("--model best needs a validation range in every fold: set --val-bars (e.g. 100)")
-    warm = warmup_bars(market, cfg.env)
+    warm = warmup_bars(market, cfg.task_env)
     for f in folds:
         for name, rng in (("validation", f.val), ("test", f.test)):
             if rng is not None and rng[0] < warm:
@@ -804,25 +394,35 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
 
 
 def _write_outputs(
-    out_dir: Path,
+    store: ResultStore,
     frame: pd.DataFrame,
     summary: pd.DataFrame,
     table: str,
-    specs: Sequence[ClipSpec],
-    seeds: Sequence[int],
-    folds: Sequence[FoldRanges],
-    base_config: dict[str, Any],
+    plan: _Plan,
     command: str | None,
     evaluated: str | None = None,
 ) -> None:
     # results.csv / summary.md / the plot are derived from the runs' result.json files (never lost), so they
     # are rewritten as a whole on resume; written to a temp name first so a crash leaves the old ones intact.
+    out_dir = store.out_dir
+    specs, seeds, folds = plan.specs, plan.seeds, plan.folds
+    base_config = plan.jobs[0].config if plan.jobs else {}
     tmp = out_dir / ".results.csv.tmp"
     frame.to_csv(tmp, index=False)
     os.replace(tmp, out_dir / "results.csv")
+    task = plan.task
+    metric = task.default_metric
+    label = next((lab for key, lab, _ in task.summary_columns() if key == metric), f"test {metric}")
     try:
-        plot_sharpe(frame, out_dir / "test_sharpe.png", order=[s.label for s in specs])
-        plot_line = "![test Sharpe per clipper](test_sharpe.png)\n\n"
+        plot_metric(
+            frame,
+            out_dir / _plot_file(task),
+            order=[s.label for s in specs],
+            metric=metric,
+            label=label,
+            reference=task.reference,
+        )
+        plot_line = f"![{label} per clipper]({_plot_file(task)})\n\n"
     except Exception as err:  # a plot must not cost the tables
         plot_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
     algo = base_config.get("algo", {})
@@ -835,7 +435,7 @@ def _write_outputs(
     failed = frame[frame["status"] != "ok"]
     fail_lines = "".join(f"- `{r.run}`: {r.error}\n" for r in failed.itertuples()) or "none\n"
     text = (
-        f"# Clipping compare\n\n"
+        f"# Clipping compare ({task.name} task)\n\n"
         f"Command: `{command or '(python API)'}`\n\n"
         f"Algorithm `{algo.get('algo')}`, {algo.get('timesteps')} timesteps per run, "
         f"net {algo.get('net_arch')}, "
@@ -911,21 +511,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         default="final",
         help="evaluate the final model (default) or the best on validation (needs --val-bars)",
     )
-    p.add_argument("--algo", help="algorithm (default ppo)")
-    p.add_argument(
-        "--data", help="embedded name (btcusdt-1h), CSV/Parquet path, or synthetic:<kind>[:k=v,...]"
-    )
-    p.add_argument("--funding", metavar="PATH", help="funding-rate file for --data")
-    p.add_argument("--train-data", metavar="SPEC", help="train on this market instead; folds test on --data")
-    p.add_argument("--timesteps", type=int, help="training steps per run")
-    p.add_argument("--n-envs", type=int, help="parallel training envs per run")
-    p.add_argument("--net-arch", metavar="N,N", help="hidden layer sizes, e.g. 64,64")
-    p.add_argument("--hp", action="append", metavar="K=V,...", help="SB3 hyperparameters (repeatable)")
-    p.add_argument("--env", action="append", metavar="K=V,...", help="env arguments (repeatable)")
-    p.add_argument("--eval-freq", type=int, help="validate every N steps (only with --val-bars)")
-    p.add_argument(
-        "--config", metavar="YAML", help="base config (e.g. a run's config.yaml); options override it"
-    )
+    add_run_options(p, per_run=False)  # the options of train.py that are not set per run
     p.add_argument("--workers", type=int, help="parallel worker processes (default min(CPUs, runs))")
     p.add_argument(
         "--out", metavar="DIR", help="compare folder (default runs/compare-<timestamp>); reuse to resume"
@@ -943,23 +529,25 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 def build_base_config(args: argparse.Namespace) -> dict[str, Any]:
     """The RunConfig dict every run starts from: ``--config`` (or defaults) with the options over it.
 
-    Uses :func:`agents.cli.config_from_args`, so the options mean exactly what they mean for ``train.py``.
+    Uses :func:`agents.options.config_from_args`, so the options mean exactly what they mean for ``train.py``.
     """
-    from agents.cli import config_from_args
+    from agents.options import config_from_args
 
-    ns = argparse.Namespace(**vars(args))
-    for name in ("seed", "clip", "policy_clip", "value_clip"):  # set per run by the compare
-        setattr(ns, name, None)
-    return config_from_args(ns).to_dict()
+    return config_from_args(args).to_dict()
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``compare`` subcommand; returns the exit code (0, or 1 when every run failed)."""
     base = build_base_config(args)
     command = "python train.py " + shlex.join(sys.argv[1:])
+    try:  # where the command line's specs enter: their ValueErrors are the user's mistakes
+        specs = parse_clips(args.clips)
+        parse_seeds(args.seeds)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     result = run_compare(
         base,
-        parse_clips(args.clips),
+        specs,
         args.seeds,
         folds=args.folds,
         fold_mode=args.fold_mode,

@@ -1,18 +1,8 @@
-"""Tables and plots of a compare: ``results.csv``, ``summary.md``, the printed table and ``test_sharpe.png``.
+"""Tables and plots of a compare: ``results.csv``, ``summary.md``, the printed table and the metric plot.
 
-Definitions used in every table (also written into ``summary.md``):
-
-- **test return / Sharpe**: the agent's ``envs.metrics.trade_metrics`` on its fold's held-out test period (the
-  ``evaluate(run_dir, split="test")`` report), mean ± sample std over all seeds and folds of runs whose
-  evaluation finished (status ``ok``).
-- **diverged**: training hit non-finite losses, gradients or parameters (``TrainResult.diverged``), or the
-  policy collapsed: its position was the same at every bar of the test period (max - min <= 1e-9 base
-  units: it ignores what it observes), or its Gaussian action std (SB3's last ``train/std``, PPO/A2C)
-  fell below 1e-3 (it stopped exploring). Share over runs that finished training.
-- **clipped**: share of gradient updates whose norm exceeded the clipper's threshold
-  (``TrainResult.clip_fraction``), per part (policy / value), mean over runs.
-- **wall**: seconds per run, train + evaluate, mean over runs (imports are done before the clock starts;
-  clippers are interleaved so each meets the same machine load).
+The columns follow the task (``TaskSpec.summary_columns``: test return and Sharpe for trading, the mean
+shortfall for execution); the reference row is the task's reference baseline (buy & hold, TWAP) on the same
+test periods. :data:`DEFINITIONS` is written into every ``summary.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DEFINITIONS", "format_table", "plot_sharpe", "results_frame", "summarize"]
+from agents.reporting import format_cell
+
+__all__ = ["DEFINITIONS", "format_summary", "plot_metric", "results_frame", "summarize"]
 
 #: Leading columns of results.csv, in order; metric columns follow as they appear.
 LEAD_COLUMNS = (
@@ -64,9 +56,25 @@ TAIL_COLUMNS = (
     "run_dir",
 )
 
-DEFINITIONS = __doc__.split("Definitions used in every table (also written into ``summary.md``):", 1)[
-    1
-].strip()
+#: What the columns of every compare table mean (a constant, not a docstring: ``python -OO`` strips those).
+DEFINITIONS = """\
+- **test metrics** (e.g. return / Sharpe for trading, mean shortfall in bp for execution): the agent's
+  metrics on its fold's held-out test period (the ``evaluate(run_dir, split="test")`` report), mean ± sample
+  std over all seeds and folds of runs whose evaluation finished (status ``ok``).
+- **diverged**: training hit non-finite losses, gradients or parameters (``TrainResult.diverged``), or the
+  policy collapsed: its position was the same at every bar of the test period (max - min <= 1e-9 base
+  units: it ignores what it observes), or its Gaussian action std (SB3's last ``train/std``, PPO/A2C)
+  fell below 1e-3 (it stopped exploring). Share over runs that finished training.
+- **clipped**: share of gradient updates whose norm exceeded the clipper's threshold
+  (``TrainResult.clip_fraction``), per part (policy / value), mean over runs.
+- **wall**: seconds per run, train + evaluate, mean over runs (imports are done before the clock starts;
+  clippers are interleaved so each meets the same machine load)."""
+
+#: The trading task's columns: the defaults of the functions below (metric, label, digits).
+TRADING_COLUMNS = (("total_return", "test return", 4), ("sharpe", "test Sharpe", 2))
+Columns = Sequence[tuple[str, str, int]]
+
+_REFERENCE_LABELS = {"buy_and_hold": "(buy & hold)"}
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -86,8 +94,15 @@ def _mean_std(x: pd.Series) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
 
 
-def summarize(df: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per clipper: counts, mean/std of test return and Sharpe, diverged share, clip shares, wall time."""
+def summarize(
+    df: pd.DataFrame,
+    order: Sequence[str] | None = None,
+    *,
+    columns: Columns = TRADING_COLUMNS,
+    reference: str | None = "buy_and_hold",
+) -> pd.DataFrame:
+    """Per clipper: counts, mean/std of each test metric of ``columns``, diverged share, clip shares, wall
+    time; then a reference row for the ``reference`` baseline on the same folds."""
     order = list(order) if order is not None else list(dict.fromkeys(df["clip"]))
     clip_cols = sorted(c for c in df.columns if c.startswith("clip_frac_"))
     out = []
@@ -101,7 +116,7 @@ def summarize(df: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFr
             "ok": len(ok),
             "failed": int((g["status"] != "ok").sum()),
         }
-        for key in ("total_return", "sharpe"):
+        for key, _, _ in columns:
             col = f"test_{key}"
             rec[f"{key}_mean"], rec[f"{key}_std"] = _mean_std(ok[col]) if col in ok else (math.nan, math.nan)
         rec["diverged_share"] = float(trained["diverged"].astype(bool).mean()) if len(trained) else math.nan
@@ -109,62 +124,62 @@ def summarize(df: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFr
             rec[c] = _mean_std(g[c])[0]
         rec["wall_time_s"] = _mean_std(g["wall_time_s"])[0] if "wall_time_s" in g else math.nan
         out.append(rec)
-    # Buy-and-hold on the same test periods: what "doing nothing clever" earned, for scale.
-    bh = "baseline_buy_and_hold_sharpe"
-    if bh in df.columns:
-        per_fold = df.dropna(subset=[bh]).drop_duplicates("fold")
+    # The reference baseline on the same test periods: what "doing nothing clever" got, for scale.
+    ref_cols = [f"baseline_{reference}_{key}" for key, _, _ in columns] if reference else []
+    present = [c for c in ref_cols if c in df.columns]
+    if present:
+        per_fold = df.dropna(subset=present).drop_duplicates("fold")
         if len(per_fold):
-            ret = _mean_std(per_fold.get("baseline_buy_and_hold_total_return", pd.Series(dtype=float)))
-            sh = _mean_std(per_fold[bh])
-            out.append(
-                {
-                    "clip": "(buy & hold)",
-                    "runs": len(per_fold),
-                    "ok": len(per_fold),
-                    "failed": 0,
-                    "total_return_mean": ret[0],
-                    "total_return_std": ret[1],
-                    "sharpe_mean": sh[0],
-                    "sharpe_std": sh[1],
-                }
-            )
+            rec = {"clip": _REFERENCE_LABELS.get(reference, f"({reference})"), "runs": len(per_fold)}
+            rec.update(ok=len(per_fold), failed=0)
+            for (key, _, _), col in zip(columns, ref_cols, strict=True):
+                series = per_fold[col] if col in per_fold else pd.Series(dtype=float)
+                rec[f"{key}_mean"], rec[f"{key}_std"] = _mean_std(series)
+            out.append(rec)
     return pd.DataFrame(out)
 
 
 def _pm(m: float, s: float, digits: int) -> str:
     if not math.isfinite(m):
         return "n/a"
-    return f"{m:+.{digits}f} ± {s:.{digits}f}" if math.isfinite(s) else f"{m:+.{digits}f}"
+    mean = format_cell(m, f"{{:+.{digits}f}}")
+    return f"{mean} ± {format_cell(s, f'{{:.{digits}f}}')}" if math.isfinite(s) else mean
 
 
 def _num(x: Any, fmt: str) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format_cell(x, f"{{:{fmt}}}")
 
 
-def format_table(summary: pd.DataFrame) -> str:
+def format_summary(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) -> str:
     """The per-clipper summary as a Markdown table (also what the CLI prints)."""
     parts = sorted(c[len("clip_frac_") :] for c in summary.columns if c.startswith("clip_frac_"))
-    head = ["clipper", "ok/runs", "test return (mean ± std)", "test Sharpe (mean ± std)", "diverged"]
+    head = ["clipper", "ok/runs", *(f"{label} (mean ± std)" for _, label, _ in columns), "diverged"]
     head += [f"clipped ({p})" for p in parts] + ["wall s/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in summary.to_dict("records"):
-        cells = [
-            f"`{r['clip']}`" if not r["clip"].startswith("(") else r["clip"],
-            f"{r['ok']}/{r['runs']}",
-            _pm(r.get("total_return_mean", math.nan), r.get("total_return_std", math.nan), 4),
-            _pm(r.get("sharpe_mean", math.nan), r.get("sharpe_std", math.nan), 2),
-            _num(r.get("diverged_share"), ".0%"),
-        ]
+        cells = [f"`{r['clip']}`" if not r["clip"].startswith("(") else r["clip"], f"{r['ok']}/{r['runs']}"]
+        cells += [_pm(r.get(f"{k}_mean", math.nan), r.get(f"{k}_std", math.nan), d) for k, _, d in columns]
+        cells.append(_num(r.get("diverged_share"), ".0%"))
         cells += [_num(r.get(f"clip_frac_{p}"), ".1%") for p in parts]
         cells.append(_num(r.get("wall_time_s"), ".1f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_sharpe(
-    df: pd.DataFrame, path: str | Path, *, order: Sequence[str] | None = None, title: str = ""
+def plot_metric(
+    df: pd.DataFrame,
+    path: str | Path,
+    *,
+    order: Sequence[str] | None = None,
+    title: str = "",
+    metric: str = "sharpe",
+    label: str = "test Sharpe (annualized)",
+    reference: str | None = "buy_and_hold",
 ) -> Path:
-    """Box plot plus jittered points of the test Sharpe of every finished run, one box per clipper."""
+    """Box plot plus jittered points of a test metric (default the Sharpe) of every finished run, one box per
+    clipper, with the reference baseline's mean as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,10 +188,10 @@ def plot_sharpe(
     order = list(order) if order is not None else list(dict.fromkeys(df["clip"]))
     ok = df[df["status"] == "ok"] if "status" in df else df
     data = []
-    for label in order:
+    for name in order:
         x = (
-            pd.to_numeric(ok.loc[ok["clip"] == label, "test_sharpe"], errors="coerce")
-            if len(ok)
+            pd.to_numeric(ok.loc[ok["clip"] == name, f"test_{metric}"], errors="coerce")
+            if len(ok) and f"test_{metric}" in ok
             else pd.Series()
         )
         data.append(x[np.isfinite(x)].to_numpy(dtype=float))
@@ -187,19 +202,19 @@ def plot_sharpe(
     for i, d in enumerate(data, start=1):
         if len(d):
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=14, alpha=0.7, color="tab:blue", zorder=3)
-    bh = "baseline_buy_and_hold_sharpe"
-    if bh in df.columns and df[bh].notna().any():
+    ref = f"baseline_{reference}_{metric}"
+    if reference and ref in df.columns and df[ref].notna().any():
         ax.axhline(
-            float(df.drop_duplicates("fold")[bh].mean()),
+            float(df.drop_duplicates("fold")[ref].mean()),
             color="gray",
             ls="--",
             lw=1,
-            label="buy & hold (mean over folds)",
+            label=f"{reference.replace('_', ' ')} (mean over folds)",
         )
         ax.legend(loc="best", fontsize=8)
     ax.axhline(0.0, color="black", lw=0.5)
-    ax.set_ylabel("test Sharpe (annualized)")
-    ax.set_title(title or "Test Sharpe per clipper (each point: one seed x fold)", fontsize=10)
+    ax.set_ylabel(label)
+    ax.set_title(title or f"{label} per clipper (each point: one seed x fold)", fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
     path = Path(path)

@@ -4,18 +4,9 @@ This module is pure bookkeeping (no torch, no SB3): it turns the command line in
 each carrying the full :class:`agents.config.RunConfig` of one run as a plain dict, so that jobs can be
 pickled to worker processes or Ray tasks and compared with what an earlier (resumed) compare wrote.
 
-Clipper spec grammar (``--clips``)::
-
-    clips := spec ((',' | ';') spec)*
-    spec  := part ['/' part]                  policy part, optional value part (default: same as policy)
-    part  := name [':' key=value (',' key=value)*]
-
-Commas separate both specs and keyword arguments. A comma-separated token that contains ``=`` with no ``:``
-before it (``z_thresh=2.0``) continues the part before it; any other token (``zclip``, ``norm:max_norm=0.5``)
-starts a new spec. So ``norm:max_norm=0.05,norm:max_norm=0.5,zclip:z_thresh=2.0,warmup=10`` is three specs,
-the last one with two keywords. ``;`` always starts a new spec and ``--clips`` may be repeated. Values are
-parsed as int, float, ``true``/``false``, ``none`` or, failing those, kept as strings. Every spec is validated
-by constructing the clipper with :func:`clipping.make_clipper` before anything is launched.
+The ``--clips`` grammar is :mod:`clipping.spec`'s; values are read by :func:`envs.spec.parse_value`, the one
+value parser of every ``key=value`` spec. Every spec is validated by constructing the clipper with
+:func:`clipping.make_clipper` before anything is launched.
 """
 
 from __future__ import annotations
@@ -26,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agents.config import SB3_CLIP
+
 __all__ = [
     "ClipPart",
     "ClipSpec",
@@ -35,30 +28,9 @@ __all__ = [
     "make_folds",
     "parse_clips",
     "parse_seeds",
-    "parse_value",
 ]
 
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _EXAMPLE = "e.g. --clips none,norm:max_norm=0.5,zclip:z_thresh=2.0"
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``key=value`` value: int, float, true/false, none, else the string itself.
-
-    YAML is not used on purpose: PyYAML reads ``1e-3`` as a string.
-    """
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text.strip()
 
 
 def _fmt(value: Any) -> str:
@@ -113,79 +85,12 @@ class ClipSpec:
         }
 
 
-def _parse_part(piece: str, *, whole: str) -> tuple[str, list[tuple[str, Any]]]:
-    name, sep, rest = piece.partition(":")
-    name = name.strip()
-    if not _NAME.match(name):
-        raise ValueError(
-            f"--clips: {piece!r} in {whole!r} does not start with a clipper name; "
-            "expected name[:key=value,...], "
-            f"{_EXAMPLE}"
-        )
-    kwargs: list[tuple[str, Any]] = []
-    if sep:
-        if not rest.strip():
-            raise ValueError(f"--clips: {piece!r} in {whole!r} has ':' but no key=value after it; {_EXAMPLE}")
-        kwargs.append(_parse_kv(rest, whole=whole, token=piece))
-    return name, kwargs
-
-
-def _parse_kv(text: str, *, whole: str, token: str) -> tuple[str, Any]:
-    key, eq, raw = text.partition("=")
-    key = key.strip()
-    if not eq or not _KEY.match(key) or not raw.strip():
-        raise ValueError(
-            f"--clips: {token!r} in {whole!r}: expected key=value with a Python identifier as key "
-            f"(e.g. max_norm=0.5), got {text!r}"
-        )
-    return key, parse_value(raw)
-
-
-def _is_kwarg_token(piece: str) -> bool:
-    eq = piece.find("=")
-    colon = piece.find(":")
-    return eq >= 0 and (colon < 0 or colon > eq)
-
-
 def _parse_one(whole: str) -> list[list[tuple[str, list[tuple[str, Any]]]]]:
     """Split one ``--clips`` value into specs, each a list of 1 or 2 parts (name, kwargs)."""
-    specs: list[list[tuple[str, list[tuple[str, Any]]]]] = []
-    for chunk in whole.split(";"):
-        started_here = False
-        for pos, token in enumerate(chunk.split(",")):
-            token = token.strip()
-            if not token:
-                raise ValueError(
-                    f"--clips: empty entry (token {pos + 1}) in {whole!r}; remove the extra ',' or ';'"
-                )
-            pieces = token.split("/")
-            if len(pieces) > 2:
-                raise ValueError(
-                    f"--clips: {token!r} in {whole!r} has more than one '/'; write policy_spec/value_spec"
-                )
-            first, *second = pieces
-            if not first.strip():
-                raise ValueError(f"--clips: {token!r} in {whole!r} has no policy clipper before '/'")
-            if _is_kwarg_token(first):
-                if not started_here:
-                    raise ValueError(
-                        f"--clips: {first!r} in {whole!r} is a keyword with no clipper before it; "
-                        f"attach it to a name, e.g. 'norm:{first.strip()}'"
-                    )
-                specs[-1][-1][1].append(_parse_kv(first, whole=whole, token=token))
-            else:
-                specs.append([_parse_part(first, whole=whole)])
-                started_here = True
-            if second:
-                if len(specs[-1]) == 2:
-                    raise ValueError(f"--clips: spec ending in {token!r} in {whole!r} has more than one '/'")
-                if _is_kwarg_token(second[0]) or not second[0].strip():
-                    raise ValueError(
-                        f"--clips: after '/' in {token!r} in {whole!r} expected a value clipper "
-                        "name[:key=value]"
-                    )
-                specs[-1].append(_parse_part(second[0], whole=whole))
-    return specs
+    from clipping.spec import parse_clip_specs  # clipping imports torch: only when specs are parsed
+    from envs.spec import parse_value
+
+    return parse_clip_specs(whole, parse_value, where="--clips")
 
 
 def _validate_part(name: str, kwargs: list[tuple[str, Any]], *, text: str) -> ClipPart:
@@ -196,10 +101,6 @@ def _validate_part(name: str, kwargs: list[tuple[str, Any]], *, text: str) -> Cl
     return ClipPart(name, tuple(kwargs))
 
 
-#: ``agents.config.SB3_CLIP``: no perpclip hook, SB3's own ``max_grad_norm`` (kept literal: no agents.config
-# import
-#: needed to parse specs). Valid only for both parts and without keywords.
-SB3_CLIP = "sb3"
 
 
 def _check_with_make_clipper(part: ClipPart, *, text: str) -> None:

@@ -2,22 +2,32 @@
 
 ``RunConfig.to_dict()`` gives plain YAML-safe data (lists, dicts, str, int, float, bool, None) and
 ``RunConfig.from_dict(d)`` rebuilds it, rejecting unknown keys by name, so a ``config.yaml`` written by a
-run is exactly what reproduces it. Only the standard library and PyYAML are imported here: the compare tool
-and the CLI read configs without loading torch or SB3.
+run is exactly what reproduces it. Neither torch nor SB3 is imported here: the compare tool and the CLI read
+configs without loading them.
+
+The env sections come from the task registry (:mod:`agents.tasks`): ``env`` (:class:`EnvConfig`, trading)
+and ``exec_env`` (:class:`ExecEnvConfig`, execution) are defined with their tasks and re-exported here; a
+registered task's section is a section of every ``RunConfig``. Scalars of config files are read by the one
+value parser of every ``key=value`` spec (:func:`envs.spec.parse_value`), so ``1e-3``, ``none`` or ``inf``
+mean in a file what they mean on the command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from agents.errors import UserError
+import envs.spec as _spec
+from agents.errors import UserError, did_you_mean
+from agents.task_execution import ExecEnvConfig
+from agents.task_spec import TaskSpec
+from agents.task_trading import EnvConfig
+from agents.tasks import TASKS, get_task
 
 __all__ = [
     "ALGO_NAMES",
@@ -40,22 +50,9 @@ __all__ = [
 ALGO_NAMES = ("ppo", "sac", "a2c", "td3", "recurrent_ppo")
 _ALGO_ALIASES = {"rppo": "recurrent_ppo", "recurrentppo": "recurrent_ppo", "ppo_lstm": "recurrent_ppo"}
 
-#: What ``RunConfig.task`` accepts: take positions (``CryptoFutures-v0``, env section ``env``) or execute a
-#: parent order (``CryptoFuturesExecution-v0``, env section ``exec_env``).
-TASKS = ("trading", "execution")
-#: Validation metric that selects ``best_model.zip`` when ``eval.metric`` is not given, per task.
-DEFAULT_METRIC = {"trading": "sharpe", "execution": "shortfall_bps"}
-TRADING_METRICS = ("total_return", "sharpe", "sortino", "max_drawdown", "calmar")
-EXECUTION_METRICS = ("shortfall_bps",)
-
 #: Pseudo clipper name: no perpclip hook, SB3's own gradient clipping (``max_grad_norm``, PPO/A2C only) as
 #: configured. Must be used for both parts. The baseline "what SB3 does out of the box".
 SB3_CLIP = "sb3"
-
-
-def _did_you_mean(value: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(valid), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _check_range(name: str, value: Any) -> tuple[int, int] | None:
@@ -107,7 +104,7 @@ class AlgoConfig:
         if algo not in ALGO_NAMES:
             raise UserError(
                 f"unknown algo {self.algo!r}; choose one of {', '.join(ALGO_NAMES)}."
-                f"{_did_you_mean(algo, ALGO_NAMES)}"
+                f"{did_you_mean(algo, ALGO_NAMES)}"
             )
         object.__setattr__(self, "algo", algo)
         if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) or self.timesteps <= 0:
@@ -157,6 +154,8 @@ class ClipConfig:
     def __post_init__(self) -> None:
         for part in ("policy", "value"):
             name = getattr(self, part)
+            if name is None:  # ``policy: none`` in YAML reads as None (envs.spec.parse_value): no clipping
+                name = "none"
             if not isinstance(name, str) or not name:
                 raise UserError(f"clip.{part} must be a clipper name such as 'zclip', got {name!r}")
             object.__setattr__(self, part, name.lower())
@@ -195,22 +194,28 @@ class DataConfig:
     Attributes:
         data: anything ``envs.loaders.load_market`` accepts: embedded name, CSV/Parquet path,
             ``synthetic:<kind>[:key=value,...]``.
-        funding: path of a funding-rate file for ``data`` (CSV/Parquet), if not embedded in it.
+        funding: path of a funding-rate file for ``data`` (CSV/Parquet), if not embedded in it, or a list of
+            them (merged by ``load_market``).
         val, test: fractions of the bars, at the end of the series, held out for validation and test.
         train_range, val_range, test_range: explicit ``(start, stop)`` bar ranges; override the fraction split
             (the compare tool uses them for walk-forward folds).
         train_data: train on another market (e.g. ``synthetic:garch:n_bars=50000,seed=1`` calibrated to the
             real one) — all of it; validation and test still use ``data``'s split.
+        fill_gaps: forward-fill missing bars of ``data`` (``load_market(fill_gaps=True)``) instead of
+            refusing the file.
+        funding_tz: time zone of naive funding timestamps (``load_market(funding_tz=...)``; None: UTC).
     """
 
     data: str = "btcusdt-1h"
-    funding: str | None = None
+    funding: str | list[str] | None = None
     val: float = 0.15
     test: float = 0.15
     train_range: tuple[int, int] | None = None
     val_range: tuple[int, int] | None = None
     test_range: tuple[int, int] | None = None
     train_data: str | None = None
+    fill_gaps: bool = False
+    funding_tz: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -229,164 +234,17 @@ class DataConfig:
             raise UserError(f"data.val + data.test must leave bars to train on, got {self.val} + {self.test}")
         for name in ("train_range", "val_range", "test_range"):
             object.__setattr__(self, name, _check_range(f"data.{name}", getattr(self, name)))
-        for name in ("funding", "train_data"):
+        for name in ("funding_tz", "train_data"):
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, str(v))
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Keyword arguments of ``envs.trading_env.CryptoFuturesEnv`` (see its docstring for their meaning).
-
-    ``execution`` and ``margin`` are dicts of ``envs.contract.ExecutionConfig`` / ``MarginConfig`` fields
-    (None: the env's defaults). ``kwargs`` passes any other constructor argument through unchanged.
-    ``episode_bars`` applies to training episodes (random start); evaluation always runs a whole period.
-    """
-
-    window: int = 32
-    episode_bars: int | None = 256
-    initial_balance: float = 10_000.0
-    leverage: float = 3.0
-    action: str = "continuous"
-    n_levels: int = 3
-    reward: str = "log_return"
-    execution: dict[str, Any] | None = None
-    margin: dict[str, Any] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.action not in ("continuous", "discrete"):
-            raise UserError(f"env.action must be 'continuous' or 'discrete', got {self.action!r}")
-        if self.episode_bars is not None and (
-            not isinstance(self.episode_bars, int) or self.episode_bars < 2
-        ):
-            raise UserError(
-                f"env.episode_bars must be an integer >= 2 or null (whole data), got {self.episode_bars!r}"
-            )
-        if not isinstance(self.kwargs, dict):
-            raise UserError(f"env.kwargs must be a mapping of extra env arguments, got {self.kwargs!r}")
-        object.__setattr__(self, "kwargs", dict(self.kwargs))
-
-    def env_kwargs(self) -> dict[str, Any]:
-        """The constructor keywords, execution/margin still as dicts (agents.envs builds the dataclasses)."""
-        d = {
-            "window": self.window,
-            "episode_bars": self.episode_bars,
-            "initial_balance": self.initial_balance,
-            "leverage": self.leverage,
-            "action": self.action,
-            "n_levels": self.n_levels,
-            "reward": self.reward,
-        }
-        if self.execution is not None:
-            d["execution"] = dict(self.execution)
-        if self.margin is not None:
-            d["margin"] = dict(self.margin)
-        d.update(self.kwargs)
-        return d
-
-
-def _check_size(name: str, value: Any) -> float | tuple[float, float] | None:
-    """A parent size: None, a number > 0, or a ``[low, high]`` pair (a tuple, so YAML round-trips)."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value > 0):
-            raise UserError(f"exec_env.{name} must be > 0, got {value!r}")
-        return float(value)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        try:
-            lo, hi = (float(v) for v in value)
-        except (TypeError, ValueError):
-            lo = hi = math.nan
-        if math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi:
-            return (lo, hi)
-    raise UserError(
-        f"exec_env.{name} must be a number > 0 or a [low, high] range with 0 < low <= high, got {value!r}"
-    )
-
-
-@dataclass(frozen=True)
-class ExecEnvConfig:
-    """Arguments of ``envs.execution_env.CryptoFuturesExecutionEnv`` (``task: execution``; see its docstring).
-
-    Attributes:
-        horizon_bars: bars to complete each parent order (``T``).
-        quantity, quantity_adv: parent size in base units, or as a fraction of the average daily volume; a
-            number or a ``[low, high]`` range drawn per episode; at most one of the two (both None: the env's
-            default, 1 % to 5 % of ADV).
-        side: ``buy``, ``sell`` or ``random`` (per episode). Evaluation runs every arrival bar as a buy and
-            as a sell with ``random``, else only the given side.
-        action, n_levels: continuous fraction of the remainder, or ``n_levels`` discrete fractions.
-        execution: dict of ``envs.contract.ExecutionConfig`` fields (None: the env's defaults).
-        impact_halflife: half-life in bars of the transient impact (None: purely temporary impact).
-        window: past returns in the observation.
-        profile_days: days of the intraday volume profile and of the ADV (also the warm-up).
-        reward_scale: training rewards (basis points of the arrival notional) are multiplied by this, so
-            that PPO's value targets are O(1-10) rather than O(100) bp; evaluation always reports raw bp.
-    """
-
-    horizon_bars: int = 12
-    quantity: float | tuple[float, float] | None = None
-    quantity_adv: float | tuple[float, float] | None = None
-    side: str = "random"
-    action: str = "continuous"
-    n_levels: int = 11
-    execution: dict[str, Any] | None = None
-    impact_halflife: float | None = None
-    window: int = 8
-    profile_days: int = 7
-    reward_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name, low in (("horizon_bars", 1), ("n_levels", 2), ("window", 1), ("profile_days", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise UserError(f"exec_env.{name} must be an integer >= {low}, got {v!r}")
-        for name in ("quantity", "quantity_adv"):
-            object.__setattr__(self, name, _check_size(name, getattr(self, name)))
-        if self.quantity is not None and self.quantity_adv is not None:
-            raise UserError(
-                "exec_env: give the parent size as quantity (base units) or as quantity_adv (fraction of the "
-                "average daily volume), not both; set the other to null"
-            )
-        if self.side not in ("buy", "sell", "random"):
-            raise UserError(f"exec_env.side must be 'buy', 'sell' or 'random', got {self.side!r}")
-        if self.action not in ("continuous", "discrete"):
-            raise UserError(f"exec_env.action must be 'continuous' or 'discrete', got {self.action!r}")
-        if self.execution is not None and not isinstance(self.execution, dict):
-            raise UserError(
-                f"exec_env.execution must be a mapping of ExecutionConfig fields, got {self.execution!r}"
-            )
-        if self.execution is not None:
-            object.__setattr__(self, "execution", dict(self.execution))
-        hl = self.impact_halflife
-        if hl is not None and (
-            isinstance(hl, bool) or not isinstance(hl, (int, float)) or not (math.isfinite(hl) and hl > 0)
-        ):
-            raise UserError(f"exec_env.impact_halflife must be a number of bars > 0 or null, got {hl!r}")
-        rs = self.reward_scale
-        if isinstance(rs, bool) or not isinstance(rs, (int, float)) or not (math.isfinite(rs) and rs > 0):
-            raise UserError(f"exec_env.reward_scale must be a number > 0 (e.g. 0.1), got {rs!r}")
-        object.__setattr__(self, "reward_scale", float(rs))
-
-    def env_kwargs(self) -> dict[str, Any]:
-        """The constructor keywords (``execution`` still a dict; ``reward_scale`` is a training wrapper)."""
-        d = {
-            "horizon_bars": self.horizon_bars,
-            "quantity": self.quantity,
-            "quantity_adv": self.quantity_adv,
-            "side": self.side,
-            "action": self.action,
-            "n_levels": self.n_levels,
-            "impact_halflife": self.impact_halflife,
-            "window": self.window,
-            "profile_days": self.profile_days,
-        }
-        if self.execution is not None:
-            d["execution"] = dict(self.execution)
-        return d
+        f = self.funding
+        if isinstance(f, (list, tuple)):
+            object.__setattr__(self, "funding", [str(x) for x in f] if len(f) != 1 else str(f[0]))
+        elif f is not None:
+            object.__setattr__(self, "funding", str(f))
+        if not isinstance(self.fill_gaps, bool):
+            raise UserError(f"data.fill_gaps must be true or false, got {self.fill_gaps!r}")
 
 
 @dataclass(frozen=True)
@@ -418,11 +276,11 @@ class EvalConfig:
             raise UserError(
                 f"eval.eval_freq must be an integer >= 0 (0 disables evaluation), got {self.eval_freq!r}"
             )
-        valid = TRADING_METRICS + EXECUTION_METRICS
+        valid = list(dict.fromkeys(m for t in TASKS.values() for m in t.metrics))
         if self.metric is not None and self.metric not in valid:
             raise UserError(
                 f"eval.metric must be one of {', '.join(valid)} (or null: the task's default), got "
-                f"{self.metric!r}.{_did_you_mean(str(self.metric), valid)}"
+                f"{self.metric!r}.{did_you_mean(str(self.metric), valid)}"
             )
         n = self.exec_starts
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -431,16 +289,20 @@ class EvalConfig:
             )
 
 
-_SECTIONS: dict[str, type] = {
+_FIXED_SECTIONS: dict[str, type] = {
     "algo": AlgoConfig,
     "clip": ClipConfig,
     "data": DataConfig,
-    "env": EnvConfig,
-    "exec_env": ExecEnvConfig,
     "eval": EvalConfig,
 }
-#: The env section each task uses; the other one is written to ``config.yaml`` only when it is not default.
-_TASK_ENV_SECTION = {"trading": "env", "execution": "exec_env"}
+
+
+def _sections() -> dict[str, type]:
+    """Every config section in ``config.yaml`` order: algo, clip, data, each task's env section, eval."""
+    out = {k: v for k, v in _FIXED_SECTIONS.items() if k != "eval"}
+    out.update({t.section: t.config_cls for t in TASKS.values()})
+    out["eval"] = EvalConfig
+    return out
 
 
 def _to_plain(value: Any) -> Any:
@@ -462,7 +324,7 @@ def _section_from_dict(cls: type, d: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(names))
     if unknown:
-        hint = "".join(_did_you_mean(k, names) for k in unknown[:1])
+        hint = "".join(did_you_mean(k, names) for k in unknown[:1])
         raise UserError(
             f"unknown key(s) {', '.join(map(repr, unknown))} in config section {where!r}; "
             f"valid keys: {', '.join(names)}.{hint}"
@@ -473,57 +335,91 @@ def _section_from_dict(cls: type, d: Any, where: str) -> Any:
         raise UserError(f"bad value in config section {where!r}: {exc}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class RunConfig:
     """Everything that defines a training run; ``config.yaml`` of a run folder is ``to_dict()`` of it.
 
-    ``task`` is ``trading`` (``CryptoFutures-v0``, configured by ``env``) or ``execution``
-    (``CryptoFuturesExecution-v0``, configured by ``exec_env``).
+    ``task`` names an entry of :data:`agents.tasks.TASKS` (``trading``: ``CryptoFutures-v0`` configured by
+    the ``env`` section; ``execution``: ``CryptoFuturesExecution-v0`` configured by ``exec_env``). Every
+    task's env section is an attribute (``cfg.env``, ``cfg.exec_env``) and a keyword of the constructor;
+    ``task_env`` is the one the task uses.
     """
 
-    task: str = "trading"
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    clip: ClipConfig = field(default_factory=ClipConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    exec_env: ExecEnvConfig = field(default_factory=ExecEnvConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    task: str
+    algo: AlgoConfig
+    clip: ClipConfig
+    data: DataConfig
+    eval: EvalConfig
+    #: env section name -> its config, one per registered task (read as ``cfg.env``, ``cfg.exec_env``).
+    envs: dict[str, Any]
 
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
+    def __init__(
+        self,
+        task: str = "trading",
+        algo: AlgoConfig | dict[str, Any] | None = None,
+        clip: ClipConfig | dict[str, Any] | None = None,
+        data: DataConfig | dict[str, Any] | None = None,
+        eval: EvalConfig | dict[str, Any] | None = None,  # noqa: A002 (the section's name)
+        envs: dict[str, Any] | None = None,
+        **env_sections: Any,
+    ) -> None:
+        spec = get_task(task)
+        given = {**(envs or {}), **env_sections}
+        known = {t.section: t.config_cls for t in TASKS.values()}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            valid = ["task", *_sections()]
             raise UserError(
-                f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}."
-                f"{_did_you_mean(str(self.task), TASKS)}"
+                f"unknown config section(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}."
+                f"{did_you_mean(unknown[0], valid)}"
             )
-        for name, cls in _SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
-                object.__setattr__(self, name, _section_from_dict(cls, getattr(self, name), name))
+        fixed = {"algo": algo, "clip": clip, "data": data, "eval": eval}
+        for name, cls in _FIXED_SECTIONS.items():
+            value = fixed[name]
+            if not isinstance(value, cls):
+                value = _section_from_dict(cls, value, name)
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "task", spec.name)
+        sections = {}
+        for name, cls in known.items():
+            value = given.get(name)
+            sections[name] = value if isinstance(value, cls) else _section_from_dict(cls, value, name)
+        object.__setattr__(self, "envs", sections)
         metric = self.eval.metric
         if metric is None:
-            object.__setattr__(self, "eval", dataclasses.replace(self.eval, metric=DEFAULT_METRIC[self.task]))
-        else:
-            valid = TRADING_METRICS if self.task == "trading" else EXECUTION_METRICS
-            if metric not in valid:
-                raise UserError(
-                    f"eval.metric {metric!r} does not apply to task {self.task!r}; use one of "
-                    f"{', '.join(valid)} (or null: {DEFAULT_METRIC[self.task]})"
-                )
+            object.__setattr__(self, "eval", dataclasses.replace(self.eval, metric=spec.default_metric))
+        elif metric not in spec.metrics:
+            raise UserError(
+                f"eval.metric {metric!r} does not apply to task {self.task!r}; use one of "
+                f"{', '.join(spec.metrics)} (or null: {spec.default_metric})"
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        envs = self.__dict__.get("envs")
+        if envs is not None and name in envs:
+            return envs[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
-    def task_env(self) -> EnvConfig | ExecEnvConfig:
-        """The env section of this task: ``env`` (trading) or ``exec_env`` (execution)."""
-        return getattr(self, _TASK_ENV_SECTION[self.task])
+    def spec(self) -> TaskSpec:
+        """The task's registry entry."""
+        return get_task(self.task)
+
+    @property
+    def task_env(self) -> Any:
+        """The env section of this task (``env`` for trading, ``exec_env`` for execution)."""
+        return self.envs[self.spec.section]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-safe nested dict (``RunConfig.from_dict(cfg.to_dict()) == cfg``).
 
-        The env section of the other task is left out while it holds only defaults (it is not used).
+        The env sections of the other tasks are left out while they hold only defaults (they are not used).
         """
         out: dict[str, Any] = {"task": self.task}
-        for name, cls in _SECTIONS.items():
-            section = getattr(self, name)
-            unused = name in _TASK_ENV_SECTION.values() and name != _TASK_ENV_SECTION[self.task]
-            if unused and section == cls():
+        own = self.spec.section
+        for name, cls in _sections().items():
+            section = self.envs[name] if name in self.envs else getattr(self, name)
+            if name in self.envs and name != own and section == cls():
                 continue
             out[name] = _to_plain(dataclasses.asdict(section))
         return out
@@ -536,43 +432,60 @@ class RunConfig:
             UserError: unknown keys (named, with the valid ones) or invalid values.
         """
         d = dict(d or {})
-        valid = ["task", *_SECTIONS]
+        valid = ["task", *_sections()]
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise UserError(
                 f"unknown config section(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}."
-                f"{_did_you_mean(unknown[0], valid)}"
+                f"{did_you_mean(unknown[0], valid)}"
             )
-        kwargs: dict[str, Any] = {"task": d.get("task", "trading")}
-        for name, section in _SECTIONS.items():
-            kwargs[name] = _section_from_dict(section, d.get(name), name)
-        return cls(**kwargs)
+        task = d.pop("task", "trading")
+        return cls(task, **d)
 
     def with_task(self, task: str) -> RunConfig:
         """A copy for another task; an ``eval.metric`` that was the old task's default follows the task."""
         if task == self.task:
             return self
         evl = self.eval
-        if self.task in DEFAULT_METRIC and evl.metric == DEFAULT_METRIC[self.task]:
+        if evl.metric == self.spec.default_metric:
             evl = dataclasses.replace(evl, metric=None)
         return dataclasses.replace(self, task=task, eval=evl)
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some fields of some sections changed: ``cfg.replace(algo={"seed": 3})``."""
-        changes = {}
+        changes: dict[str, Any] = {}
+        envs = dict(self.envs)
+        all_sections = _sections()
         for name, fields_ in sections.items():
-            if name not in _SECTIONS:
-                raise UserError(f"unknown config section {name!r}; valid: {', '.join(_SECTIONS)}")
+            if name not in all_sections:
+                raise UserError(f"unknown config section {name!r}; valid: {', '.join(all_sections)}")
             current = dataclasses.asdict(getattr(self, name))
             unknown = sorted(set(fields_) - set(current))
             if unknown:
                 raise UserError(
                     f"unknown key(s) {', '.join(map(repr, unknown))} in config section {name!r}; valid keys: "
-                    f"{', '.join(current)}.{_did_you_mean(unknown[0], list(current))}"
+                    f"{', '.join(current)}.{did_you_mean(unknown[0], list(current))}"
                 )
             current.update(fields_)
-            changes[name] = _section_from_dict(_SECTIONS[name], current, name)
-        return dataclasses.replace(self, **changes)
+            value = _section_from_dict(all_sections[name], current, name)
+            if name in envs:
+                envs[name] = value
+            else:
+                changes[name] = value
+        return dataclasses.replace(self, envs=envs, **changes)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML structure; every plain scalar is read by :func:`envs.spec.parse_value`.
+
+    So a config file means what the same text means on the command line: ``1e-3`` is a float (YAML 1.1 reads
+    a string), ``none`` is None, ``inf`` and ``.inf`` are infinity; quoted scalars stay strings.
+    """
+
+
+_SpecLoader.yaml_implicit_resolvers = {}
+_SpecLoader.add_implicit_resolver("tag:perpclip:value", re.compile(r"(?s).*"), None)
+_SpecLoader.add_constructor("tag:perpclip:value", lambda loader, node: _spec.parse_value(node.value))
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -581,7 +494,7 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist")
     try:
-        d = yaml.safe_load(path.read_text())
+        d = yaml.load(path.read_text(), Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise UserError(f"config file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if d is not None and not isinstance(d, dict):
@@ -594,68 +507,31 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets/quotes, so ``a=[1,2],b=3`` gives two items."""
-    parts, depth, quote, cur = [], 0, "", []
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[({":
-            depth += 1
-        elif ch in "])}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-            continue
-        cur.append(ch)
-    parts.append("".join(cur))
-    return [p.strip() for p in parts if p.strip()]
-
-
 def parse_kwargs(text: str, *, where: str = "keyword arguments") -> dict[str, Any]:
-    """Parse ``key=value,key=value``; values are read as YAML scalars/lists (``yaml.safe_load``, never eval).
+    """``key=value,...`` -> dict by :func:`envs.spec.parse_kwargs` (the one value parser); UserError if bad.
 
     ``z_thresh=2.5,alpha=0.9,warmup=10,mode=[1,2]`` -> ``{"z_thresh": 2.5, "alpha": 0.9, ...}``.
     """
-    out: dict[str, Any] = {}
-    for item in _split_top_level(text):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key.isidentifier():
-            raise UserError(
-                f"bad {where} {item!r}: expected key=value pairs separated by commas, e.g. alpha=0.9"
-            )
-        try:
-            out[key] = _literal(raw.strip())
-        except yaml.YAMLError:
-            raise UserError(f"bad value in {where} {item!r}: not a number, word or [list]") from None
-    return out
-
-
-def _literal(raw: str) -> Any:
-    """A YAML scalar/list, with the two YAML-1.1 surprises fixed: ``1e-4`` is a float (PyYAML reads it as a
-    string without a dot) and ``none``/``None`` is None (as ``null``)."""
-    if not raw:
-        return None
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        if value.lower() in ("none", "null"):
-            return None
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            return value
-    return value
+    try:
+        return _spec.parse_kwargs(text, where=where)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def parse_clip_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", {"z_thresh": 2.0, "alpha": 0.9})``."""
-    name, _, rest = str(spec).partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise UserError(f"bad clipper spec {spec!r}: expected name[:key=value,...], e.g. zclip:z_thresh=2.0")
-    return name, parse_kwargs(rest, where=f"clipper arguments of {spec!r}") if rest.strip() else {}
+    """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", {"z_thresh": 2.0, "alpha": 0.9})``.
+
+    The grammar is :func:`clipping.spec.parse_clip_part` (imported here only: ``clipping`` loads torch), the
+    values :func:`envs.spec.parse_value`.
+    """
+    from clipping.spec import parse_clip_part
+
+    try:
+        name, kwargs = parse_clip_part(spec, _spec.parse_value, where=f"clipper spec {str(spec)!r}")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    keys = [k for k, _ in kwargs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise UserError(f"clipper spec {spec!r} gives keyword(s) {dup} more than once")
+    return name, dict(kwargs)

@@ -1,8 +1,7 @@
 """Markets, time splits and envs for a run: training VecEnv, and whole-period envs for validation and test.
 
-Two tasks: ``trading`` (``envs.trading_env.CryptoFuturesEnv``, configured by ``EnvConfig``) and
-``execution`` (``envs.execution_env.CryptoFuturesExecutionEnv``, configured by ``ExecEnvConfig``); the
-functions here take either config and build the matching env.
+The env of each task comes from its :class:`agents.task_spec.TaskSpec` (``agents.tasks``): the functions here
+take the task's env config (``cfg.task_env``) and build the matching env, with no per-task branches.
 
 A period ``[start, stop)`` of bars is evaluated on ``market.slice(start - warmup, stop)`` with the first
 decision pinned at ``start`` (``reset(options={"start": warmup})``; execution episodes start at any arrival
@@ -21,11 +20,14 @@ import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
-from agents.config import DataConfig, EnvConfig, ExecEnvConfig, RunConfig
+from agents.config import DataConfig, RunConfig
 from agents.errors import UserError
+from agents.task_spec import TaskSpec
+from agents.tasks import TASKS
 
 __all__ = [
     "Period",
+    "RunData",
     "ScaledRewardVecEnv",
     "load_data",
     "make_env",
@@ -48,18 +50,47 @@ class Period:
     stop: int
 
 
-def load_data(spec: str, funding: str | None = None) -> Any:
-    """``envs.loaders.load_market`` with its ValueErrors turned into one-line user errors."""
+def load_data(spec: str, funding: str | list[str] | None = None, **options: Any) -> Any:
+    """``envs.loaders.load_market`` with its ValueErrors turned into one-line user errors.
+
+    ``options`` are passed through (``fill_gaps``, ``funding_tz``); None values are left out. This is where
+    user data enters: the envs raise ``ValueError`` for bad files, and here it becomes a :class:`UserError`.
+    """
     from envs.loaders import load_market
 
-    if funding is not None and not Path(funding).is_file():
-        raise UserError(f"funding file {funding!r} does not exist")
+    files = [funding] if isinstance(funding, str) else list(funding or [])
+    for f in files:
+        if not Path(f).is_file():
+            raise UserError(f"funding file {f!r} does not exist")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    if files:
+        kwargs["funding"] = files[0] if len(files) == 1 else files
     try:
-        return load_market(spec, funding=funding)
+        return load_market(spec, **kwargs)
     except FileNotFoundError as exc:
         raise UserError(f"data {spec!r}: file not found ({exc.filename or exc})") from None
     except ValueError as exc:
         raise UserError(f"data {spec!r}: {exc}") from None
+
+
+class RunData:
+    """The markets and periods of a run: ``data`` (or another market for evaluation) split in time."""
+
+    def __init__(self, cfg: RunConfig, data: str | None = None, funding: Any = None) -> None:
+        self.cfg = cfg
+        spec = data if data is not None else cfg.data.data
+        if data is None:
+            funding = cfg.data.funding
+        opts = {"fill_gaps": cfg.data.fill_gaps or None, "funding_tz": cfg.data.funding_tz}
+        self.market = load_data(spec, funding, **opts)
+        self.periods = split_ranges(len(self.market), cfg.data)
+
+    def train_market(self) -> Any:
+        """The market the agent trains on: ``train_data`` whole, else the train period of ``data``."""
+        if self.cfg.data.train_data is not None:
+            return load_data(self.cfg.data.train_data)
+        p = self.periods["train"]
+        return self.market.slice(p.start, p.stop)
 
 
 def split_ranges(n_bars: int, data: DataConfig) -> dict[str, Period]:
@@ -111,53 +142,51 @@ def split_ranges(n_bars: int, data: DataConfig) -> dict[str, Period]:
     return {name: Period(name, int(a), int(b)) for name, (a, b) in ranges.items()}
 
 
-def _env_kwargs(env_cfg: EnvConfig | ExecEnvConfig) -> dict[str, Any]:
+def task_of(env_cfg: Any) -> TaskSpec:
+    """The task whose env config ``env_cfg`` is (by its class)."""
+    for task in TASKS.values():
+        if isinstance(env_cfg, task.config_cls):
+            return task
+    raise TypeError(f"no registered task is configured by a {type(env_cfg).__name__}")
+
+
+def _env_kwargs(env_cfg: Any, section: str) -> dict[str, Any]:
     from envs.contract import ExecutionConfig, MarginConfig
 
     kw = env_cfg.env_kwargs()
     for key, cls in (("execution", ExecutionConfig), ("margin", MarginConfig)):
-        if key in kw:
+        if isinstance(kw.get(key), dict):
             try:
                 kw[key] = cls(**kw[key])
             except (TypeError, ValueError) as exc:
-                section = "exec_env" if isinstance(env_cfg, ExecEnvConfig) else "env"
                 names = ", ".join(f.name for f in dataclasses.fields(cls))
                 hint = f"; valid fields: {names}" if isinstance(exc, TypeError) else ""
                 raise UserError(f"{section}.{key}: {exc}{hint}") from None
     return kw
 
 
-def make_env(market: Any, env_cfg: EnvConfig | ExecEnvConfig, **overrides: Any) -> Any:
-    """One env on ``market`` with the config's arguments (and ``overrides``): a ``CryptoFuturesEnv`` for an
-    ``EnvConfig``, a ``CryptoFuturesExecutionEnv`` for an ``ExecEnvConfig``."""
-    kw = {**_env_kwargs(env_cfg), **overrides}
-    if isinstance(env_cfg, ExecEnvConfig):
-        from envs.execution_env import CryptoFuturesExecutionEnv as env_cls
+def make_env(market: Any, env_cfg: Any, **overrides: Any) -> Any:
+    """One env of the task ``env_cfg`` configures, on ``market``, with the config's arguments (and
+    ``overrides``).
 
-        what = "execution"
-    else:
-        from envs.trading_env import CryptoFuturesEnv as env_cls
-
-        what = "trading"
+    Raises:
+        UserError: the env rejects its arguments (the envs raise ValueError/TypeError for bad arguments; this
+            is where a config's values enter the env, so the message becomes a user error here).
+    """
+    task = task_of(env_cfg)
+    kw = {**_env_kwargs(env_cfg, task.section), **overrides}
     try:
-        return env_cls(market, **kw)
+        return task.make_env(market, **kw)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"cannot build the {what} env: {exc}") from None
+        raise UserError(f"cannot build the {task.name} env: {exc}") from None
 
 
-def _whole_data(env_cfg: EnvConfig | ExecEnvConfig) -> dict[str, Any]:
-    """Overrides for an env that runs a whole period (trading: no episode length limit)."""
-    return {} if isinstance(env_cfg, ExecEnvConfig) else {"episode_bars": None}
-
-
-def warmup_bars(market: Any, env_cfg: EnvConfig | ExecEnvConfig) -> int:
+def warmup_bars(market: Any, env_cfg: Any) -> int:
     """Bars of history the env needs before its first decision (``env.min_start`` on this market)."""
-    return int(make_env(market, env_cfg, **_whole_data(env_cfg)).min_start)
+    return int(make_env(market, env_cfg, **task_of(env_cfg).whole_period).min_start)
 
 
-def make_period_env(
-    market: Any, env_cfg: EnvConfig | ExecEnvConfig, period: Period
-) -> tuple[Any, int, Period]:
+def make_period_env(market: Any, env_cfg: Any, period: Period) -> tuple[Any, int, Period]:
     """An env over ``period`` (plus warm-up bars before it), the local start bar to pass to reset, and the
     period actually traded.
 
@@ -166,24 +195,19 @@ def make_period_env(
     the first arrival bar (``env.min_start``); every episode's fills lie inside the period.
 
     Raises:
-        UserError: the period is too short to trade (execution: shorter than ``horizon_bars + 1``).
+        UserError: the period is too short for the task (``TaskSpec.period_bars``).
     """
+    task = task_of(env_cfg)
     warm = warmup_bars(market, env_cfg)
     if period.start < warm:
         period = Period(period.name, warm, period.stop)
-    execution = isinstance(env_cfg, ExecEnvConfig)
-    need = env_cfg.horizon_bars + 1 if execution else 2
+    need, what = task.period_bars(env_cfg)
     if period.stop - period.start < need:
-        what = (
-            f"to execute an order over horizon_bars={env_cfg.horizon_bars} (it needs {need} bars"
-            if execution
-            else "to trade (it needs 2 bars"
-        )
         raise UserError(
             f"the {period.name} period [{period.start}, {period.stop}) is too short {what} after "
             f"{warm} bars of history)"
         )
-    env = make_env(market.slice(period.start - warm, period.stop), env_cfg, **_whole_data(env_cfg))
+    env = make_env(market.slice(period.start - warm, period.stop), env_cfg, **task.whole_period)
     if int(env.min_start) != warm:  # the warm-up is a function of the config only; guard the slicing
         raise RuntimeError(f"warm-up changed with the data slice ({warm} -> {env.min_start})")
     return env, warm, period
@@ -207,8 +231,8 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
         return make_env(market, env_cfg)
 
     vec: VecEnv = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
-    if isinstance(env_cfg, ExecEnvConfig) and env_cfg.reward_scale != 1.0:
-        vec = ScaledRewardVecEnv(vec, env_cfg.reward_scale)
+    if cfg.spec.wrap_train_env is not None:
+        vec = cfg.spec.wrap_train_env(vec, env_cfg)
     if cfg.algo.normalize_obs or cfg.algo.normalize_reward:
         vec = VecNormalize(
             vec, norm_obs=cfg.algo.normalize_obs, norm_reward=cfg.algo.normalize_reward, gamma=_gamma(cfg)

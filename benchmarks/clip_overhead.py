@@ -24,16 +24,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
-import sys
 import timeit
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipping import make_clipper  # noqa: E402
+from clipping import make_clipper
 
 CANDIDATES: list[tuple[str, str, dict]] = [
     ("none", "none", {}),

@@ -35,12 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from agents.compare import run_compare
+from agents.compare_report import summarize
+from agents.config import AlgoConfig, DataConfig, RunConfig
 
-from agents.compare import run_compare  # noqa: E402
-from agents.compare_report import summarize  # noqa: E402
-from agents.config import AlgoConfig, DataConfig, RunConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 #: The spike markets: 3000 hourly bars each, funding settlements with frequent large shocks.
 MARKETS = {

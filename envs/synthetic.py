@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from envs.market import MarketData, align_funding, load_funding_history
+from envs.spec import parse_value, split_top_level
 
 __all__ = [
     "SYNTHETIC_KINDS",
@@ -891,23 +892,9 @@ def planted_oracle_positions(
 
 # ------------------------------------------------------------------------------------------------- specs
 def _parse_value(text: str) -> Any:
-    t = text.strip()
-    low = t.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no"):
-        return False
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    if "/" in t:  # tuples for regime params: vols=0.4/1.2
-        return tuple(_parse_value(x) for x in t.split("/"))
-    return t
+    # The one value parser of every key=value spec (envs.spec): ``--hp``/``--env``/clipper specs read the
+    # same text the same way. Tuples of regime parameters: ``vols=0.4/1.2`` or ``vols=[0.4,1.2]``.
+    return parse_value(text)
 
 
 def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -928,7 +915,7 @@ def parse_synthetic_spec(spec: str) -> tuple[str, dict[str, Any]]:
         )
     kwargs: dict[str, Any] = {"n_bars": 8760, "seed": 0}
     if args.strip():
-        for item in args.split(","):
+        for item in split_top_level(args):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise ValueError(f"bad item {item!r} in {spec!r}: write key=value pairs separated by commas")

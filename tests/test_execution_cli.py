@@ -179,9 +179,9 @@ def test_execution_config_yaml_round_trip(tmp_path):
 
 
 def test_best_model_selection_prefers_lower_shortfall():
-    from agents.callbacks import TradingEvalCallback
+    from agents.callbacks import ValidationCallback
 
-    cb = TradingEvalCallback(lambda: {}, eval_freq=10, n_envs=1, metric="shortfall_bps")
+    cb = ValidationCallback(lambda: {}, eval_freq=10, n_envs=1, metric="shortfall_bps")
     assert cb.score({"shortfall_bps": 10.0}) > cb.score({"shortfall_bps": 20.0})
 
 

@@ -1,0 +1,224 @@
+"""One run of a compare, executed in a worker: train, evaluate, and the typed outcome with its divergence
+rules (what becomes a row of ``results.csv``).
+
+Divergence (``RunOutcome.diverged``): training hit non-finite values (``TrainResult.diverged``), or the
+policy collapsed: a constant position over the whole test period (max - min <= :data:`COLLAPSE_TOL`), or a
+Gaussian action std (SB3's last ``train/std``) below :data:`STD_COLLAPSE`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from agents.compare_spec import ClipPart, RunJob
+from agents.compare_store import TRACEBACK_FILE, ResultStore
+
+__all__ = ["COLLAPSE_TOL", "STD_COLLAPSE", "RunOutcome", "Runner", "execute_job", "failure_row"]
+
+#: A test-period position range (max - min, base units) at or below this is a constant, collapsed policy.
+COLLAPSE_TOL = 1e-9
+#: A Gaussian policy whose last logged action std (SB3's ``train/std``) is below this has stopped exploring.
+STD_COLLAPSE = 1e-3
+
+
+class Runner(Protocol):
+    """What a compare needs from the training code; ``agents.compare.AgentsRunner`` is the real one.
+
+    Must be picklable (it is sent to worker processes / Ray tasks with each job).
+    """
+
+    def train(self, config: dict[str, Any], run_dir: Path) -> Any:
+        """Train one run; returns an object with TrainResult's attributes."""
+        ...
+
+    def evaluate(self, run_dir: Path) -> Any:
+        """Evaluate a trained run on its test range; returns an object with a TaskReport's attributes."""
+        ...
+
+
+def _scalar(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        x = x.item()
+    return x if isinstance(x, (int, float, bool, str)) or x is None else repr(x)
+
+
+def base_row(job: RunJob) -> dict[str, Any]:
+    """The identifying columns of a run's row (fold ranges, clippers), status ``failed`` until it is not."""
+    f = job.folds
+    clip = job.config.get("clip", {})
+    return {
+        "run": job.name,
+        "clip": job.clip,
+        "policy_clip": ClipPart(clip.get("policy", ""), tuple(clip.get("policy_kwargs", {}).items())).text,
+        "value_clip": ClipPart(clip.get("value", ""), tuple(clip.get("value_kwargs", {}).items())).text,
+        "seed": job.seed,
+        "fold": job.fold,
+        "train_start": f.train[0],
+        "train_stop": f.train[1],
+        "val_start": f.val[0] if f.val else None,
+        "val_stop": f.val[1] if f.val else None,
+        "test_start": f.test[0],
+        "test_stop": f.test[1],
+        "status": "failed",
+        "error": "",
+        "run_dir": job.name,
+    }
+
+
+def failure_row(job: RunJob, error: str) -> dict[str, Any]:
+    """The row of a run whose worker died before it could write one."""
+    row = base_row(job)
+    row.update(error=error[:500], wall_time_s=math.nan, config=job.config, diverged=None)
+    return row
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run: training and evaluation results, or the error, and the divergence rules.
+
+    Attributes:
+        job: the run.
+        status: ``ok``, ``failed`` or ``interrupted``.
+        error: ``stage: Type: message`` of a failure.
+        train: ``diverged, diverged_reason, timesteps, train_time_s, clip_frac_*, nonfinite_*`` (None until
+            training finished).
+        test: ``test_<metric>``, ``baseline_<name>_<metric>`` and position statistics (empty until
+            evaluated).
+        action_std: the last ``train/std`` SB3 logged, if any.
+        wall_time_s: train + evaluate seconds.
+    """
+
+    job: RunJob
+    status: str = "failed"
+    error: str = ""
+    train: dict[str, Any] | None = None
+    test: dict[str, Any] = field(default_factory=dict)
+    action_std: float | None = None
+    wall_time_s: float = math.nan
+
+    def record_train(self, tr: Any) -> None:
+        row: dict[str, Any] = {
+            "diverged": bool(getattr(tr, "diverged", False)),
+            "diverged_reason": getattr(tr, "diverged_reason", None) or "",
+            "timesteps": _scalar(getattr(tr, "timesteps", None)),
+            "train_time_s": _scalar(getattr(tr, "wall_time_s", None)),
+        }
+        for part, frac in sorted((getattr(tr, "clip_fraction", None) or {}).items()):
+            row[f"clip_frac_{part}"] = float(frac)
+        for part, n in sorted((getattr(tr, "nonfinite", None) or {}).items()):
+            row[f"nonfinite_{part}"] = int(n)
+        self.train = row
+
+    def record_eval(self, ev: Any, baseline_metrics: tuple[str, ...]) -> None:
+        row: dict[str, Any] = {}
+        for k, v in (getattr(ev, "metrics", None) or {}).items():
+            v = _scalar(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[f"test_{k}"] = v
+        for name, metrics in (getattr(ev, "baselines", None) or {}).items():
+            for k in baseline_metrics:
+                if k in (metrics or {}):
+                    row[f"baseline_{name}_{k}"] = _scalar(metrics[k])
+        pos = getattr(ev, "positions", None)
+        if pos is not None:
+            pos = np.asarray(pos, dtype=float).ravel()
+            if pos.size and np.all(np.isfinite(pos)):
+                row["collapsed"] = bool(pos.size >= 2 and float(np.ptp(pos)) <= COLLAPSE_TOL)
+                row["position_mean"] = float(pos.mean())
+                row["position_std"] = float(pos.std())
+            elif pos.size:
+                row["collapsed"] = True  # non-finite positions: the policy is broken
+        self.test = row
+
+    def divergence(self) -> tuple[bool | None, str]:
+        """``(diverged, reason)``: None while training has not finished."""
+        if self.train is None:
+            return None, ""
+        reason = self.train["diverged_reason"]
+        if self.train["diverged"]:
+            return True, reason
+        if self.test.get("collapsed"):
+            pos = self.test.get("position_mean", math.nan)
+            return True, f"collapsed: constant position {pos:.6g} over the test period"
+        if self.action_std is not None and self.action_std < STD_COLLAPSE:
+            return True, f"collapsed: action std {self.action_std:.2g} < {STD_COLLAPSE:g}"
+        return False, reason
+
+    def row(self) -> dict[str, Any]:
+        """The results.csv row, with the run's ``config`` (used when resuming)."""
+        row = base_row(self.job)
+        row.update(status=self.status, error=self.error)
+        if self.train is not None:
+            row.update(self.train)
+        if self.action_std is not None:
+            row["action_std"] = self.action_std
+        row.update(self.test)
+        row["diverged"], reason = self.divergence()
+        if self.train is not None:
+            row["diverged_reason"] = reason
+        row["wall_time_s"] = self.wall_time_s
+        row["config"] = self.job.config
+        return row
+
+
+def final_action_std(run_dir: Path) -> float | None:
+    """Last ``train/std`` SB3 logged to ``progress.csv`` (Gaussian policies of PPO/A2C), if any."""
+    path = run_dir / "progress.csv"
+    if not path.is_file():
+        return None
+    try:
+        col = pd.read_csv(path, usecols=lambda c: c == "train/std")
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if "train/std" not in col or col["train/std"].dropna().empty:
+        return None
+    return float(col["train/std"].dropna().iloc[-1])
+
+
+def _baseline_metrics(job: RunJob) -> tuple[str, ...]:
+    from agents.tasks import TASKS
+
+    task = TASKS.get(job.config.get("task", "trading"))
+    return tuple(m for m, _, _ in task.summary_columns()) if task is not None else ()
+
+
+def execute_job(job: RunJob, out_dir: str | Path, runner: Runner) -> dict[str, Any]:
+    """Train and evaluate one run, catching any exception; stores ``result.json`` (and ``traceback.txt``).
+
+    Returns:
+        The results.csv row (with the run's ``config`` dict, used when resuming).
+    """
+    store = ResultStore(out_dir)
+    run_dir = store.run_dir(job)
+    outcome = RunOutcome(job)
+    t0 = time.perf_counter()
+    stage = "train"
+    try:
+        tr = runner.train(job.config, run_dir)
+        if getattr(tr, "interrupted", False):
+            # Ctrl-C reached the worker: the run is not finished. No result.json, so a re-run moves the folder
+            # to _incomplete/ and trains it again.
+            outcome.status = "interrupted"
+            return outcome.row()
+        outcome.record_train(tr)
+        outcome.action_std = final_action_std(run_dir)
+        stage = "evaluate"
+        outcome.record_eval(runner.evaluate(run_dir), _baseline_metrics(job))
+        outcome.status = "ok"
+    except Exception as err:
+        msg = " ".join(str(err).split())
+        outcome.error = f"{stage}: {type(err).__name__}: {msg}"[:500]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / TRACEBACK_FILE).write_text(traceback.format_exc())
+    outcome.wall_time_s = time.perf_counter() - t0
+    row = outcome.row()
+    store.write(job, row)
+    return row
