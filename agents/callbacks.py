@@ -75,7 +75,12 @@ class TradeMetricsCallback(BaseCallback):
     episode) are left out of the mean rather than turning it into inf.
     """
 
-    KEYS = tuple(k for k in METRIC_KEYS if k != "n_bars")
+    #: Logged per episode: the money and ratio metrics, not the period's bookkeeping (length, flags).
+    KEYS = tuple(
+        k
+        for k in METRIC_KEYS
+        if k not in ("n_bars", "n_returns", "years", "sharpe_meaningful", "calmar_meaningful")
+    )
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):

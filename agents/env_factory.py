@@ -79,6 +79,8 @@ class RunData:
     def __init__(self, cfg: RunConfig, data: str | None = None, funding: Any = None) -> None:
         self.cfg = cfg
         spec = data if data is not None else cfg.data.data
+        #: the market's spec (``data`` or the run's): baselines that need the generator (the planted oracle).
+        self.spec = spec
         if data is None:
             funding = cfg.data.funding
         opts = {"fill_gaps": cfg.data.fill_gaps or None, "funding_tz": cfg.data.funding_tz}

@@ -69,7 +69,7 @@ def evaluate(
         vecnorm = VecNormalize.load(str(run.vecnormalize(model)), DummyVecEnv([lambda: env]))
         vecnorm.training = False
     act = env_factory.policy_act(cm.model, vecnormalize=vecnorm, deterministic=True)
-    report = task.evaluate(env, act, cfg, period, start, d.market)
+    report = task.evaluate(env, act, cfg, period, start, d)
     header = {
         "task": cfg.task,
         "run_dir": str(run),

@@ -16,9 +16,12 @@ Row = tuple[str, str, str]
 
 
 def format_cell(value: Any, fmt: str) -> str:
-    """One number of a table; ``-`` when missing, ``inf``/``nan`` as such, never ``-0.00``."""
+    """One number of a table; ``-`` when missing, ``n/m`` (not meaningful) for NaN, ``inf`` as such, never
+    ``-0.00``. ``envs.metrics.trade_metrics`` gives NaN for ratios over periods too short to annualize."""
     if value is None:
         return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "n/m"
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     text = fmt.format(int(value) if fmt == "{:d}" else float(value))

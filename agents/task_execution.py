@@ -306,7 +306,7 @@ def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     return validate
 
 
-def _evaluate(env: Any, act: Any, cfg: Any, period: Any, start: int, market: Any) -> ExecEvalReport:
+def _evaluate(env: Any, act: Any, cfg: Any, period: Any, start: int, data: Any) -> ExecEvalReport:
     from envs.execution_baselines import TWAP, VWAP, AlmgrenChriss
 
     policies = {"agent": act, "twap": TWAP(), "vwap": VWAP(), "almgren_chriss": AlmgrenChriss()}

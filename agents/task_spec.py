@@ -53,7 +53,8 @@ class TaskSpec:
         lower_is_better: those of ``metrics`` where lower is better (compared by magnitude for drawdowns).
         make_validator: ``(env, cfg, start) -> (act -> metrics)``: one deterministic pass over the validation
             period (``start``: the local bar of its first decision).
-        evaluate: ``(env, act, cfg, period, start, market) -> TaskReport`` over a test (or other) period.
+        evaluate: ``(env, act, cfg, period, start, data) -> TaskReport`` over a test (or other) period;
+            ``data`` is the run's ``agents.env_factory.RunData`` (``data.market``, ``data.periods``).
         metrics_callback: returns the SB3 callback logging the task's per-episode training metrics.
         gamma: the discount used unless ``hyperparams.gamma`` is set (None: the algorithm's default).
         run_prefix: prefix of the default run folder name.

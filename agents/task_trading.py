@@ -1,8 +1,11 @@
 """The ``trading`` task: take positions on ``envs.trading_env.CryptoFuturesEnv`` (``CryptoFutures-v0``).
 
 Its env arguments are the ``env`` section (:class:`EnvConfig`); validation and evaluation run the policy
-deterministically over a whole period and report ``envs.metrics.trade_metrics`` next to the flat,
-buy-and-hold and momentum baselines on the same bars (:class:`EvalReport`: table and equity plot).
+deterministically over a whole period and report ``envs.metrics.trade_metrics`` next to the baselines of
+``envs.baselines.baseline_policies`` on the same bars — flat, true buy-and-hold, the banded trend rule, and on
+planted markets the oracle (its threshold chosen on the validation period) — with a warning when the agent's
+train-period result is so far above its test result that it memorised its training bars (:class:`EvalReport`:
+table and equity plot).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ class EvalReport:
 
     Attributes:
         metrics: the agent's ``envs.metrics.trade_metrics`` dict.
-        baselines: name -> metrics of ``flat``, ``buy_and_hold``, ``momentum`` on the same period.
+        baselines: name -> metrics of ``flat``, ``buy_and_hold``, ``trend`` (and ``oracle`` on planted
+            markets) on the same period.
         positions: the agent's position (base units) after each bar.
         equity: the agent's equity curve (start + one value per bar).
         split: which period (``train``, ``val``, ``test``, ``all``).
@@ -98,13 +102,22 @@ class EvalReport:
     period: tuple[int, int] = (0, 0)
     baseline_equity: dict[str, np.ndarray] = field(default_factory=dict)
     index: Any = None
+    train_metrics: dict[str, Any] | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"agent": self.metrics, "baselines": self.baselines}
+        out: dict[str, Any] = {"agent": self.metrics, "baselines": self.baselines}
+        if self.train_metrics is not None:
+            out["agent_train"] = self.train_metrics
+        out["warnings"] = list(self.warnings)
+        return out
 
     def describe(self) -> list[str]:
         a, b = self.period
-        return [f"{self.split} period: bars [{a}, {b}) ({b - a} bars), deterministic policy, after all costs"]
+        lines = [
+            f"{self.split} period: bars [{a}, {b}) ({b - a} bars), deterministic policy, after all costs"
+        ]
+        return lines + [f"warning: {w}" for w in self.warnings]
 
     def table(self) -> str:
         cols = {"agent": self.metrics, **{k.replace("_", "-"): v for k, v in self.baselines.items()}}
@@ -133,6 +146,7 @@ ROWS = (
     ("max_drawdown", "max drawdown", "{:.2%}"),
     ("calmar", "Calmar", "{:.2f}"),
     ("turnover", "turnover (x equity)", "{:.2f}"),
+    ("turnover_per_year", "turnover / year", "{:.2f}"),
     ("fees", "fees (USDT)", "{:.2f}"),
     ("funding", "funding (USDT)", "{:.2f}"),
     ("liquidations", "liquidations", "{:d}"),
@@ -149,20 +163,52 @@ def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     from envs.baselines import run_episode
 
     def validate(act: Any) -> dict[str, Any]:
-        return run_episode(env, act, start=start, seed=cfg.algo.seed).metrics
+        # Ranking checkpoints on one period stays sound even where annualizing its ratios is not.
+        return run_episode(env, act, start=start, seed=cfg.algo.seed, short_ratios="keep").metrics
 
     return validate
 
 
-def _evaluate(env: Any, act: Any, cfg: Any, period: Any, start: int, market: Any) -> EvalReport:
-    from envs.baselines import buy_and_hold, flat, momentum, run_episode
+def _period_env(cfg: Any, data: Any, name: str) -> tuple[Any, int] | None:
+    """An env over the run's ``name`` period and its local start, or None where the period is empty."""
+    from agents.env_factory import make_period_env
 
-    agent = run_episode(env, act, start=start, seed=cfg.algo.seed)
+    period = data.periods.get(name)
+    if period is None or period.stop <= period.start:
+        return None
+    try:
+        env, start, _ = make_period_env(data.market, cfg.task_env, period)
+    except UserError:  # too short to trade after its warm-up
+        return None
+    return env, start
+
+
+def _evaluate(env: Any, act: Any, cfg: Any, period: Any, start: int, data: Any) -> EvalReport:
+    from envs.baselines import baseline_policies, run_episode
+    from envs.metrics import memorisation_warning
+
+    seed = cfg.algo.seed
+    agent = run_episode(env, act, start=start, seed=seed)
+    val = _period_env(cfg, data, "val")
+    policies = baseline_policies(
+        data.spec, val[0] if val else None, val_start=val[1] if val else None, seed=seed
+    )
     baselines, baseline_equity = {}, {}
-    for name, policy in (("flat", flat), ("buy_and_hold", buy_and_hold), ("momentum", momentum())):
-        res = run_episode(env, policy, start=start, seed=cfg.algo.seed)
+    for name, policy in policies.items():
+        res = run_episode(env, policy, start=start, seed=seed)
         baselines[name] = res.metrics
         baseline_equity[name] = np.asarray(res.equity)
+    # Memorisation: the same policy on the bars it trained on (only where it trained on this market's train
+    # period, not on --train-data) against this period.
+    train_metrics, warnings = None, []
+    if period.name == "test" and cfg.data.train_data is None:
+        train = _period_env(cfg, data, "train")
+        if train is not None:
+            train_metrics = run_episode(train[0], act, start=train[1], seed=seed).metrics
+            warning = memorisation_warning(train_metrics, agent.metrics)
+            if warning:
+                warnings.append(warning)
+    market = data.market
     return EvalReport(
         metrics=agent.metrics,
         baselines=baselines,
@@ -172,6 +218,8 @@ def _evaluate(env: Any, act: Any, cfg: Any, period: Any, start: int, market: Any
         period=(period.start, period.stop),
         baseline_equity=baseline_equity,
         index=market.index[period.start : period.stop],
+        train_metrics=train_metrics,
+        warnings=tuple(warnings),
     )
 
 

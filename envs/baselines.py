@@ -45,7 +45,6 @@ __all__ = [
     "flat",
     "holding_env",
     "is_planted",
-    "momentum",
     "planted_oracle",
     "run_episode",
     "trend",
@@ -235,11 +234,6 @@ def trend(
 ) -> Trend:
     """A :class:`Trend` policy (a fresh one: it keeps its position between calls)."""
     return Trend(lookback=lookback, band=band, vol_bars=vol_bars, size=size, long_only=long_only)
-
-
-#: Former name of the trend baseline (it used to be the un-banded sign of the day's return, which traded
-#: ~1,000x equity over half a year); ``agents.run.evaluate`` still imports it.
-momentum = trend
 
 
 # ------------------------------------------------------------------------------------------------- oracle

@@ -779,6 +779,9 @@ class CryptoFuturesEnv(gym.Env):
                 fees=acct.fees_paid,
                 funding=acct.funding_paid,
                 liquidations=acct.liquidations,
+                # Training episodes are days long: their annualized ratios are noisy but still a trend to
+                # watch in TensorBoard, so they are kept rather than blanked (evaluation blanks them).
+                short_ratios="keep",
             )
         self._last_info = info
         return self._observe(c), reward, terminated, truncated, info

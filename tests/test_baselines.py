@@ -18,7 +18,6 @@ from envs.baselines import (
     buy_and_hold,
     flat,
     holding_env,
-    momentum,
     run_episode,
     trend,
 )
@@ -232,7 +231,7 @@ def test_trend_errors_and_alias():
     ):
         with pytest.raises(ValueError, match=match):
             trend(**kw)
-    assert momentum is trend and trend().hold_deadband == pytest.approx(0.9999)
+    assert trend().hold_deadband == pytest.approx(0.9999)
 
 
 def test_run_episode_same_seed_same_result_and_max_steps():

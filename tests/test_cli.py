@@ -26,6 +26,7 @@ TINY = {
     },
     "env": {"window": 4, "episode_bars": 48},
     "eval": {"eval_freq": 64},
+    "data": {"data": "btcusdt-perp-1h-2025"},  # the 999-bar set: fast
 }
 
 
@@ -75,7 +76,7 @@ def test_resume_then_evaluate(trained):
         "liquidations",
     ):
         assert row in out
-    for col in ("agent", "flat", "buy-and-hold", "momentum"):
+    for col in ("agent", "flat", "buy-and-hold", "trend"):
         assert col in out
     assert json.loads((run / "eval.json").read_text())["split"] == "test"
     assert (run / "equity.png").is_file()

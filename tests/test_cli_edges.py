@@ -63,6 +63,7 @@ def run(tmp_path_factory):
         },
         env={"window": 4, "episode_bars": 48},
         eval={"eval_freq": 32},
+        data={"data": "btcusdt-perp-1h-2025"},  # the 999-bar set: fast
     )
     train(cfg, path, command="python train.py (test)")
     return path

@@ -124,7 +124,11 @@ def _calls(out: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
 
 
-BASE = {"algo": {"algo": "ppo", "timesteps": 64, "seed": 0}, "clip": {}, "data": {"data": "btcusdt-1h"}}
+BASE = {
+    "algo": {"algo": "ppo", "timesteps": 64, "seed": 0},
+    "clip": {},
+    "data": {"data": "btcusdt-perp-1h-2025"},
+}
 FOLDS = [FoldRanges(0, (0, 100), None, (100, 150)), FoldRanges(1, (0, 150), None, (150, 200))]
 
 
@@ -550,7 +554,7 @@ def test_cli_real_compare_end_to_end(tmp_path):
         "--folds",
         "2",
         "--data",
-        "btcusdt-1h",
+        "btcusdt-perp-1h-2025",
         "--timesteps",
         "128",
         "--n-envs",

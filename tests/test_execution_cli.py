@@ -22,6 +22,7 @@ TINY = {
         "hyperparams": {"n_steps": 64, "batch_size": 64, "n_epochs": 1},
     },
     "eval": {"eval_freq": 128, "exec_starts": 20},
+    "data": {"data": "btcusdt-perp-1h-2025"},
 }
 
 
@@ -104,7 +105,7 @@ def test_evaluate_baseline_numbers_are_reproduced_by_the_env_alone(evaluated):
     run, _, _ = evaluated
     out = json.loads((run / "eval.json").read_text())
     per = out["per_episode"]
-    market = load_embedded("btcusdt-1h")
+    market = load_embedded("btcusdt-perp-1h-2025")
     warm = 2 * 24  # profile_days=2 of hourly bars: the env's warm-up here
     env = CryptoFuturesExecutionEnv(
         market.slice(849 - warm, 999), horizon_bars=6, profile_days=2, window=4, execution=ExecutionConfig()

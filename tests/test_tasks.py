@@ -115,7 +115,7 @@ def _toy_validator(env: SignEnv, cfg: Any, start: int) -> Any:
     return lambda act: _episode(env, act, start)
 
 
-def _toy_evaluate(env: SignEnv, act: Any, cfg: Any, period: Any, start: int, market: Any) -> ToyReport:
+def _toy_evaluate(env: SignEnv, act: Any, cfg: Any, period: Any, start: int, data: Any) -> ToyReport:
     long = _episode(env, lambda obs, info: np.ones(1, dtype=np.float32), start)
     return ToyReport(
         _episode(env, act, start), {"always_long": long}, period.name, (period.start, period.stop)
