@@ -574,7 +574,9 @@ def test_cli_real_compare_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 8 and (df["status"] == "ok").all(), df[["run", "error"]]
-    assert np.isfinite(df["test_sharpe"]).all() and np.isfinite(df["test_total_return"]).all()
+    assert np.isfinite(df["test_total_return"]).all()
+    # Each fold's test period is ~a week of hourly bars: too short to annualize a Sharpe ratio (not meaningful).
+    assert df["test_sharpe"].isna().all()
     for _, r in df.iterrows():  # each run evaluated on its own held-out fold, after its training window
         assert r["train_stop"] <= r["test_start"]
         run_dir = out / r["run"]
