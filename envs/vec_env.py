@@ -1,0 +1,666 @@
+"""Batched ``CryptoFutures-v0``: N copies of :class:`envs.trading_env.CryptoFuturesEnv` stepped in numpy."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from envs.contract import ExecutionConfig, MarginConfig
+from envs.features import FeatureConfig
+from envs.market import MarketData
+from envs.metrics import METRIC_KEYS, trade_metrics
+from envs.trading_env import INFO_KEYS, CryptoFuturesEnv
+
+__all__ = ["CryptoFuturesVecEnv", "STATE_INFO_KEYS"]
+
+#: Info keys read straight from the account state after the autoreset (the others are per-step flows).
+STATE_INFO_KEYS = (
+    "equity",
+    "position",
+    "price",
+    "realized_pnl",
+    "unrealized_pnl",
+    "fees_paid",
+    "funding_paid",
+    "slippage_paid",
+    "turnover",
+    "bad_debt",
+    "bar_index",
+)
+_FLOW_INFO_KEYS = ("liquidated", "trade_qty", "unfilled_qty")
+assert set(STATE_INFO_KEYS) | set(_FLOW_INFO_KEYS) == set(INFO_KEYS)  # import-time consistency check
+
+
+class CryptoFuturesVecEnv(VectorEnv):
+    r"""`num_envs` independent accounts trading one market, stepped together with numpy array operations.
+
+    ## Description
+
+    Each sub-env is exactly a `CryptoFuturesEnv` with the same arguments (same contract, fills, costs,
+    funding, margin, liquidation, observation and rewards; see its docstring for the rules), but the batch is advanced
+    by whole-array numpy operations instead of a Python loop over envs, which is what makes many-seed
+    training cheap on few cores. Rare events (liquidations, episode ends) are handled on index subsets; the
+    common path (order sizing, fills, funding, marking, rewards, observation) runs on preallocated arrays.
+    `tests/test_vec_env.py` checks it step for step against N single envs.
+
+    ## Spaces
+
+    `single_observation_space` / `single_action_space` are the single env's; `observation_space` is
+    `Box(-clip, clip, (num_envs, window * 5 + 3), float32)` and `action_space` is `Box(-1, 1, (num_envs, 1),
+    float32)` (continuous; a `(num_envs,)` array is accepted too) or `MultiDiscrete([n_levels] * num_envs)`.
+    Invalid actions raise `ValueError` naming the sub-env.
+
+    ## Autoreset
+
+    `AutoresetMode.SAME_STEP` (also in `metadata["autoreset_mode"]`): a sub-env that terminates
+    (liquidation) or truncates (episode length / end of data) is reset inside the same `step` call. The
+    returned observation and info entries are the new episode's first ones; the step's `reward`,
+    `terminated` and `truncated` are the finished episode's last. The finished episode's last observation and
+    info are in `infos["final_obs"]` (object array, `None` for envs that did not finish) and
+    `infos["final_info"]` (dict of arrays incl. `episode_metrics`), masked by `infos["_final_obs"]` /
+    `infos["_final_info"]`, the layout of gymnasium's `SyncVectorEnv` in the same mode. New episode starts
+    are drawn from this vec env's `np_random` (uniform over the single env's valid range).
+
+    ## Info
+
+    A dict of arrays of shape `(num_envs,)` with the single env's keys (`envs.trading_env.INFO_KEYS`:
+    `equity`, `position`, `price`, ..., `bar_index`, `liquidated`, `trade_qty`, `unfilled_qty`), each with
+    its all-True `_key` mask.
+
+    ## Starting State
+
+    `reset(seed=..., options={"start": starts})` with `starts` an int array of `num_envs` first decision bars
+    pins the episodes (later autoresets draw); without it the starts are drawn from `np_random`. Same seed,
+    same actions -> same results.
+
+    ## Arguments
+
+    The single env's (`market`, `window`, `episode_bars`, `initial_balance`, `leverage`, `action`,
+    `n_levels`, `reward`, `dsr_eta`, `execution`, `margin`, `features`, `render_mode`), plus
+
+    * `num_envs=1`: number of sub-envs.
+    * `episode_metrics=True`: compute `envs.metrics.trade_metrics` of finished episodes into
+      `infos["final_info"]["episode_metrics"]`, which keeps a ring buffer of equity of `num_envs x` the
+      longest episode (8 bytes each). `False` skips both.
+
+    `render_mode="ansi"` renders one summary line per sub-env; `"rgb_array"` is not offered for the batch
+    (render a single env instead).
+
+    ```python
+    >>> import gymnasium as gym, envs
+    >>> vec = gym.make_vec("CryptoFutures-v0", num_envs=8, vectorization_mode="vector_entry_point",
+    ...                    window=16, episode_bars=100)
+    >>> obs, infos = vec.reset(seed=0)
+    >>> obs.shape
+    (8, 83)
+    ```
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        market: MarketData | pd.DataFrame | str | os.PathLike | None = None,
+        *,
+        num_envs: int = 1,
+        window: int = 32,
+        episode_bars: int | None = 720,
+        initial_balance: float = 10_000.0,
+        leverage: float | None = None,
+        action: str = "continuous",
+        n_levels: int = 3,
+        reward: str = "log_return",
+        dsr_eta: float = 0.01,
+        execution: ExecutionConfig | None = None,
+        margin: MarginConfig | None = None,
+        features: FeatureConfig | None = None,
+        render_mode: str | None = None,
+        episode_metrics: bool = True,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']} for the vector env, got "
+                f"{render_mode!r} (use a single CryptoFuturesEnv for 'rgb_array')"
+            )
+        # One prototype single env validates every argument and holds the market, features and configs: the
+        # vec env cannot drift from the single env's argument handling.
+        proto = CryptoFuturesEnv(
+            market,
+            window=window,
+            episode_bars=episode_bars,
+            initial_balance=initial_balance,
+            leverage=leverage,
+            action=action,
+            n_levels=n_levels,
+            reward=reward,
+            dsr_eta=dsr_eta,
+            execution=execution,
+            margin=margin,
+            features=features,
+        )
+        self.proto = proto
+        n = self.num_envs = int(num_envs)
+        self.render_mode = render_mode
+        self.market = proto.market
+        self.execution = proto.execution
+        self.margin = proto.margin
+        self.leverage = proto.leverage
+        self.window = proto.window
+        self.episode_bars = proto.episode_bars
+        self.initial_balance = proto.initial_balance
+        self.action_type = proto.action_type
+        self.n_levels = proto.n_levels
+        self.reward_type = proto.reward_type
+        self.dsr_eta = proto.dsr_eta
+        self.min_start, self.max_start, self.n_bars = proto.min_start, proto.max_start, proto.n_bars
+        self.single_observation_space = proto.observation_space
+        self.single_action_space = proto.action_space
+        self.observation_space = batch_space(self.single_observation_space, n)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.levels = None if proto.levels is None else np.asarray(proto.levels, dtype=np.float64)
+        self.episode_metrics = bool(episode_metrics)
+
+        m = self.market
+        feats = proto.features
+        self._o = np.ascontiguousarray(m.open, dtype=np.float64)
+        self._h = np.ascontiguousarray(m.high, dtype=np.float64)
+        self._l = np.ascontiguousarray(m.low, dtype=np.float64)
+        self._c = np.ascontiguousarray(m.close, dtype=np.float64)
+        self._v = np.ascontiguousarray(m.volume, dtype=np.float64)
+        self._r = np.ascontiguousarray(m.funding_rate, dtype=np.float64)
+        self._s = np.ascontiguousarray(feats.volatility, dtype=np.float64)
+        # Volume with zeros replaced by 1: the impact of a bar without volume is computed on it and discarded
+        # (nothing fills), so no division by zero on the common path.
+        self._v_safe = np.where(self._v > 0.0, self._v, 1.0)
+        # Row k of the window matrix is the flattened feature rows k .. k + window - 1 (the single env's
+        # observation window for decision bar k + window - 1). A strided view over the (small, cache-resident)
+        # feature array: gathering rows from it is faster than from a materialized copy.
+        n_feat = feats.values.shape[1]
+        self._wl = proto._win_len
+        self._winview = np.lib.stride_tricks.sliding_window_view(feats.values.reshape(-1), self._wl)[::n_feat]
+        self._clip = proto._clip
+
+        ex = self.execution
+        self._lot = ex.lot_size
+        self._min_qty = ex.min_qty
+        self._deadband = ex.deadband
+        self._hs = ex.half_spread
+        self._impact = ex.impact_coef
+        self._taker = ex.taker_fee
+        self._cap = ex.max_participation
+        self._fill_open = ex.fill_at == "next_open"
+        mg = self.margin
+        self._liq_fee = mg.liquidation_fee_rate
+        if mg.tiers is None:
+            self._tier_caps = None
+            self._mmr = mg.maintenance_margin_rate
+        else:
+            self._tier_caps = np.array([t[0] for t in mg.tiers], dtype=np.float64)
+            self._tier_mmr = np.array([t[1] for t in mg.tiers], dtype=np.float64)
+            self._tier_amt = np.array([t[2] for t in mg.tiers], dtype=np.float64)
+            self._mmr = None
+        self._floor = proto._floor
+        self._reward_kind = proto._reward_kind
+
+        # Account state, one entry per sub-env (the fields of envs.contract.Account).
+        z = np.zeros
+        self._bal = np.full(n, self.initial_balance)
+        self._pos = z(n)
+        self._entry = z(n)
+        self._real = z(n)
+        self._fees = z(n)
+        self._fund = z(n)
+        self._slip = z(n)
+        self._turn = z(n)
+        self._bad = z(n)
+        self._nliq = z(n, dtype=np.int64)
+        self._eq = np.full(n, self.initial_balance)
+        self._dsr_a = z(n)
+        self._dsr_b = z(n)
+        self._t = z(n, dtype=np.intp)
+        self._end = z(n, dtype=np.intp)
+        self._a = z(n)  # target fractions of the current step
+        self._started = False
+        self._all_true = np.ones(n, dtype=bool)
+        self._all_true.flags.writeable = False
+        self._arange = np.arange(n)
+
+        # Ring buffer of equity after each step, row g % R at global step g (one contiguous row write per
+        # step); an episode started at global step g0 reads rows g0 + 1 .. g. R = the longest episode.
+        longest = self.episode_bars if self.episode_bars is not None else self.n_bars - 1 - self.min_start
+        self._ring = max(int(longest), 1)
+        self._hist = z((self._ring, n)) if self.episode_metrics else None
+        self._g = 0
+        self._ep_g = z(n, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _draw_starts(self, k: int) -> np.ndarray:
+        if self.episode_bars is None:
+            return np.full(k, self.min_start, dtype=np.intp)
+        return self.np_random.integers(self.min_start, self.max_start + 1, size=k).astype(np.intp)
+
+    def _reset_envs(self, idx: np.ndarray | slice, starts: np.ndarray) -> None:
+        """Put the sub-envs ``idx`` at the start of an episode at decision bars ``starts``."""
+        self._t[idx] = starts
+        self._end[idx] = self.n_bars - 1 if self.episode_bars is None else starts + self.episode_bars
+        self._bal[idx] = self.initial_balance
+        self._eq[idx] = self.initial_balance
+        for arr in (
+            self._pos,
+            self._entry,
+            self._real,
+            self._fees,
+            self._fund,
+            self._slip,
+            self._turn,
+            self._bad,
+            self._nliq,
+            self._dsr_a,
+            self._dsr_b,
+        ):
+            arr[idx] = 0
+        self._ep_g[idx] = self._g
+
+    def _brackets(self, notional: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(mmr, maintenance_amount)`` per entry: the first tier whose cap is >= the notional."""
+        k = np.searchsorted(self._tier_caps, notional, side="left")
+        np.minimum(k, len(self._tier_caps) - 1, out=k)
+        return self._tier_mmr[k], self._tier_amt[k]
+
+    def _liq_prices(
+        self, pos: np.ndarray, entry: np.ndarray, bal: np.ndarray, mark: np.ndarray
+    ) -> np.ndarray:
+        """``envs.contract.liquidation_price`` per entry (NaN for flat accounts; never compared true)."""
+        if self._mmr is not None:
+            num = bal - pos * entry
+            den = np.abs(pos) * self._mmr - pos
+        else:
+            mmr, amt = self._brackets(np.abs(pos) * mark)
+            num = bal + amt - pos * entry
+            den = np.abs(pos) * mmr - pos
+        return num / den
+
+    def _liquidate(self, idx: np.ndarray, price: np.ndarray) -> None:
+        """``Account.liquidate`` for the sub-envs ``idx`` at ``price`` (per entry)."""
+        pos = self._pos[idx]
+        pnl = pos * (price - self._entry[idx])
+        self._real[idx] += pnl
+        bal = self._bal[idx] + pnl
+        notional = np.abs(pos) * price
+        f = np.minimum(notional * self._liq_fee, np.maximum(bal, 0.0))
+        self._fees[idx] += f
+        bal -= f
+        self._turn[idx] += notional
+        bad = np.where(bal < 0.0, -bal, 0.0)
+        self._real[idx] += bad
+        self._bad[idx] += bad
+        self._bal[idx] = np.maximum(bal, 0.0)
+        self._pos[idx] = 0.0
+        self._entry[idx] = 0.0
+        self._nliq[idx] += 1
+
+    def _execute(
+        self, qty: np.ndarray, ref: np.ndarray, j: np.ndarray, sigma: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The single env's ``_execute`` per entry of ``qty`` (0: no order); returns (filled, unfilled)."""
+        want = np.abs(qty)
+        vol = self._v[j]
+        q = qty
+        if self._cap is not None:
+            capq = self._cap * vol
+            over = want > capq
+            if over.any():
+                lots = np.floor(capq / self._lot + 1e-9)
+                capped = np.copysign(lots * self._lot, qty)
+                capped[np.abs(capped) < self._min_qty] = 0.0
+                q = np.where(over, capped, qty)
+        dry = vol <= 0.0
+        if dry.any():
+            q = np.where(dry, 0.0, q)
+        filled = np.abs(q)
+        unfilled = want - filled
+        m = q != 0.0
+        if not m.any():
+            return q, unfilled
+        impact = self._impact * sigma * np.sqrt(filled / self._v_safe[j])
+        price = np.where(q > 0.0, ref * ((1.0 + self._hs) + impact), ref * ((1.0 - self._hs) - impact))
+
+        # envs.contract.apply_fill, for all entries; results are kept where m (an order filled).
+        pos = self._pos
+        entry = self._entry
+        apos = np.abs(pos)
+        new_pos = pos + q
+        new_pos[np.abs(new_pos) <= 1e-9 * np.maximum(apos, filled)] = 0.0
+        adding = (pos == 0.0) | ((pos > 0.0) == (q > 0.0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            entry_add = (apos * entry + filled * price) / (apos + filled)
+        closed = np.minimum(filled, apos)
+        realized = np.where(pos > 0.0, closed * (price - entry), closed * (entry - price))
+        realized[adding] = 0.0
+        # Reduce: entry unchanged; flip: the remainder opens at the fill price; flat: 0.
+        same_side = (new_pos > 0.0) == (pos > 0.0)
+        new_entry = np.where(adding, entry_add, np.where(same_side, entry, price))
+        new_entry[new_pos == 0.0] = 0.0
+        notional = filled * price
+        f = notional * self._taker
+        realized[~m] = 0.0
+        f[~m] = 0.0
+        np.copyto(entry, new_entry, where=m)
+        # Positions are whole lots (as the single env snaps them).
+        np.copyto(pos, np.round(new_pos / self._lot) * self._lot, where=m)
+        self._real += realized
+        self._fees += f
+        self._bal += realized - f
+        slip = filled * np.abs(price - ref)
+        slip[~m] = 0.0
+        self._slip += slip
+        notional[~m] = 0.0
+        self._turn += notional
+        return q, unfilled
+
+    def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Observations of all sub-envs (or of ``idx``) from the current state; a fresh float32 array."""
+        if idx is None:
+            t, pos, entry, eq = self._t, self._pos, self._entry, self._eq
+        else:
+            t, pos, entry, eq = self._t[idx], self._pos[idx], self._entry[idx], self._eq[idx]
+        k = t.shape[0]
+        wl = self._wl
+        obs = np.empty((k, wl + 3), dtype=np.float32)
+        obs[:, :wl] = self._winview[t - (self.window - 1)]
+        mark = self._c[t]
+        clip = self._clip
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = pos * mark / (self.leverage * eq)
+            upnl = pos * (mark - entry) / eq
+            notional = np.abs(pos) * mark
+            if self._mmr is not None:
+                mratio = notional * self._mmr / eq
+            else:
+                mmr, amt = self._brackets(notional)
+                mratio = np.maximum(notional * mmr - amt, 0.0) / eq
+        live = (eq > 0.0) & (pos != 0.0)
+        obs[:, wl] = np.where(live, np.clip(frac, -clip, clip), 0.0)
+        obs[:, wl + 1] = np.where(live, np.clip(upnl, -clip, clip), 0.0)
+        obs[:, wl + 2] = np.where(live, np.minimum(mratio, clip), 0.0)
+        return obs
+
+    def _infos(self, liquidated: np.ndarray, trade: np.ndarray, unfilled: np.ndarray) -> dict[str, Any]:
+        t = self._t
+        mark = self._c[t]
+        vals = {
+            "equity": self._eq.copy(),
+            "position": self._pos.copy(),
+            "price": mark,
+            "realized_pnl": self._real.copy(),
+            "unrealized_pnl": self._pos * (mark - self._entry),
+            "fees_paid": self._fees.copy(),
+            "funding_paid": self._fund.copy(),
+            "slippage_paid": self._slip.copy(),
+            "turnover": self._turn.copy(),
+            "liquidated": liquidated,
+            "bar_index": t.copy(),
+            "bad_debt": self._bad.copy(),
+            "trade_qty": trade,
+            "unfilled_qty": unfilled,
+        }
+        infos: dict[str, Any] = {}
+        mask = self._all_true
+        for key, v in vals.items():
+            infos[key] = v
+            infos["_" + key] = mask
+        return infos
+
+    def _parse_actions(self, actions: Any) -> np.ndarray:
+        n = self.num_envs
+        arr = np.asarray(actions)
+        a = self._a
+        if self.levels is None:
+            if arr.shape not in ((n,), (n, 1)) or arr.dtype.kind not in "iuf":
+                raise ValueError(
+                    f"actions must be a float array of shape ({n}, 1) or ({n},) (target position fractions "
+                    f"in [-1, 1], one per sub-env), got shape {arr.shape} dtype {arr.dtype}"
+                )
+            a[:] = arr.reshape(n)
+            if not np.isfinite(a).all():
+                bad = int(np.flatnonzero(~np.isfinite(a))[0])
+                raise ValueError(f"actions must be finite, got {arr.reshape(n)[bad]!r} for sub-env {bad}")
+            np.clip(a, -1.0, 1.0, out=a)
+            return a
+        if arr.shape not in ((n,), (n, 1)) or arr.dtype.kind not in "biu":
+            raise ValueError(
+                f"actions must be an int array of shape ({n},) with values in [0, {self.n_levels - 1}] "
+                f"(discrete levels {list(self.levels)}), got shape {arr.shape} dtype {arr.dtype}"
+            )
+        k = arr.reshape(n)
+        out = (k < 0) | (k >= self.n_levels)
+        if out.any():
+            bad = int(np.flatnonzero(out)[0])
+            raise ValueError(
+                f"action {int(k[bad])} of sub-env {bad} is out of range: valid actions are 0 .. "
+                f"{self.n_levels - 1}"
+            )
+        np.take(self.levels, k, out=a)
+        return a
+
+    # ------------------------------------------------------------------------------------------- gym API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every sub-env; ``options={"start": starts}`` pins the first decision bars."""
+        super().reset(seed=seed)
+        n = self.num_envs
+        starts = None
+        if options:
+            unknown = set(options) - {"start"}
+            if unknown:
+                raise ValueError(f"unknown reset option(s) {sorted(unknown)}; the only option is 'start'")
+            starts = options.get("start")
+        if starts is None:
+            starts = self._draw_starts(n)
+        else:
+            arr = np.asarray(starts)
+            if arr.ndim == 0:
+                arr = np.full(n, arr)
+            if arr.shape != (n,) or arr.dtype.kind not in "iu":
+                raise ValueError(
+                    f"options['start'] must be an int array of {n} bar indices (one per sub-env), got "
+                    f"{starts!r}"
+                )
+            bad = (arr < self.min_start) | (arr > self.max_start)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"options['start'][{i}]={int(arr[i])} is outside the valid range [{self.min_start}, "
+                    f"{self.max_start}] of first decision bars ({self.n_bars} bars, window {self.window}, "
+                    f"episode_bars={self.episode_bars})"
+                )
+            starts = arr.astype(np.intp)
+        self._reset_envs(slice(None), starts)
+        self._started = True
+        zeros = np.zeros(n)
+        return self._observe(), self._infos(np.zeros(n, dtype=bool), zeros, zeros.copy())
+
+    def step(
+        self, actions: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every sub-env with its action; finished sub-envs are reset in the same call (SAME_STEP)."""
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        a = self._parse_actions(actions)
+        t = self._t
+        j = t + 1
+        pos = self._pos
+        entry = self._entry
+        bal = self._bal
+        close_t = self._c[t]
+        equity_t = self._eq.copy()
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
+            max_notional = self.leverage * equity_t
+            cur = pos * close_t / max_notional
+            want = a * max_notional / close_t - pos
+        trade = (max_notional > 0.0) & ((a == 0.0) | (np.abs(a - cur) >= self._deadband))
+        lots = np.floor(np.abs(want) / self._lot + 1e-9)
+        qty = np.copysign(lots * self._lot, want)
+        qty[~trade | (np.abs(qty) < self._min_qty)] = 0.0
+
+        o = self._o[j]
+        c = self._c[j]
+        sigma = self._s[t]
+        liquidated = np.zeros(self.num_envs, dtype=bool)
+        # 2. gap: the carried position may open beyond its liquidation price.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lp = self._liq_prices(pos, entry, bal, o)
+        gap = np.where(pos > 0.0, o <= lp, (pos < 0.0) & (o >= lp))
+        if gap.any():
+            idx = np.flatnonzero(gap)
+            self._liquidate(idx, o[idx])
+            liquidated[idx] = True
+            qty[idx] = 0.0
+
+        # 3. fill at the open.
+        if self._fill_open:
+            filled, unfilled = self._execute(qty, o, j, sigma)
+        # 4. funding on the position after the fill, marked at the open (0 where flat or no settlement).
+        pay = pos * o * self._r[j]
+        self._fund += pay
+        bal -= pay
+        # 5. liquidation on the adverse extreme (at the open if already beyond it).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lp = self._liq_prices(pos, entry, bal, o)
+        hit = np.where(pos > 0.0, self._l[j] <= lp, (pos < 0.0) & (self._h[j] >= lp))
+        if hit.any():
+            idx = np.flatnonzero(hit)
+            lpi = lp[idx]
+            oi = o[idx]
+            px = np.where(pos[idx] > 0.0, np.minimum(oi, lpi), np.maximum(oi, lpi))
+            self._liquidate(idx, px)
+            liquidated[idx] = True
+        if not self._fill_open:
+            qty[liquidated] = 0.0
+            filled, unfilled = self._execute(qty, c, j, sigma)
+
+        # 6. mark at the close.
+        t += 1
+        upnl = pos * (c - entry)
+        eq = self._eq
+        np.add(bal, upnl, out=eq)
+        np.maximum(eq, 0.0, out=eq)
+
+        floor = self._floor
+        kind = self._reward_kind
+        if kind == 0:
+            reward = np.log(np.maximum(eq, floor) / np.maximum(equity_t, floor))
+        elif kind == 1:
+            reward = self._differential_sharpe(eq, equity_t)
+        else:
+            reward = (eq - equity_t) / self.initial_balance
+
+        truncated = (t >= self._end) & ~liquidated
+        terminated = liquidated
+        g = self._g = self._g + 1
+        if self._hist is not None:
+            self._hist[g % self._ring] = eq
+        done = terminated | truncated
+        if not done.any():
+            return self._observe(), reward, terminated, truncated, self._infos(liquidated, filled, unfilled)
+
+        # Autoreset (SAME_STEP): report the finished episodes, then restart them.
+        idx = np.flatnonzero(done)
+        final_obs_rows = self._observe(idx)
+        final = self._infos(liquidated, filled, unfilled)
+        done_mask = done.copy()
+        final_info: dict[str, Any] = {}
+        for key in INFO_KEYS:
+            v = final[key]
+            final_info[key] = np.where(done, v, np.zeros((), dtype=v.dtype))
+            final_info["_" + key] = done_mask
+        if self._hist is not None:
+            final_info["episode_metrics"] = self._episode_metrics(idx)
+            final_info["_episode_metrics"] = done_mask
+        final_obs = np.full(self.num_envs, None, dtype=object)
+        for r, i in enumerate(idx):
+            final_obs[i] = final_obs_rows[r]
+
+        self._reset_envs(idx, self._draw_starts(idx.size))
+        filled = np.where(done, 0.0, filled)
+        unfilled = np.where(done, 0.0, unfilled)
+        infos = self._infos(liquidated & ~done, filled, unfilled)
+        infos["final_obs"] = final_obs
+        infos["_final_obs"] = done_mask
+        infos["final_info"] = final_info
+        infos["_final_info"] = done_mask
+        return self._observe(), reward, terminated, truncated, infos
+
+    def _episode_metrics(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """``trade_metrics`` of the finished episodes ``idx``, as arrays over all sub-envs (0 elsewhere)."""
+        n = self.num_envs
+        ints = ("liquidations", "n_bars")
+        out = {k: np.zeros(n, dtype=np.int64 if k in ints else np.float64) for k in METRIC_KEYS}
+        mask = np.zeros(n, dtype=bool)
+        mask[idx] = True
+        g = self._g
+        for i in idx:
+            rows = np.arange(int(self._ep_g[i]) + 1, g + 1) % self._ring
+            curve = np.empty(rows.size + 1)
+            curve[0] = self.initial_balance
+            curve[1:] = self._hist[rows, i]
+            mets = trade_metrics(
+                curve,
+                bar_seconds=self.market.bar_seconds,
+                turnover=float(self._turn[i]) / self.initial_balance,
+                fees=float(self._fees[i]),
+                funding=float(self._fund[i]),
+                liquidations=int(self._nliq[i]),
+            )
+            for k, v in mets.items():
+                out[k][i] = v
+        result: dict[str, np.ndarray] = {}
+        for k, v in out.items():
+            result[k] = v
+            result["_" + k] = mask
+        return result
+
+    def _differential_sharpe(self, eq: np.ndarray, eq_prev: np.ndarray) -> np.ndarray:
+        """The single env's differential Sharpe ratio per sub-env; updates the EWMA moments in place."""
+        floor = self._floor
+        r = np.log(np.maximum(eq, floor) / np.maximum(eq_prev, floor))
+        a_prev, b_prev = self._dsr_a, self._dsr_b
+        var = b_prev - a_prev * a_prev
+        da = r - a_prev
+        db = r * r - b_prev
+        ok = var > 1e-12
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.where(ok, (b_prev * da - 0.5 * a_prev * db) / np.where(ok, var, 1.0) ** 1.5, 0.0)
+        a_prev += self.dsr_eta * da
+        b_prev += self.dsr_eta * db
+        return d
+
+    def render(self) -> tuple[str, ...] | None:
+        """``"ansi"``: one summary line per sub-env; ``None`` otherwise."""
+        if self.render_mode != "ansi":
+            return None
+        if not self._started:
+            return tuple("CryptoFuturesEnv (not reset)" for _ in range(self.num_envs))
+        c = self._c[self._t]
+        return tuple(
+            f"[{i}] bar {int(self._t[i])}  price {c[i]:.2f}  position {self._pos[i]:+.3f}  "
+            f"equity {self._eq[i]:.2f}  fees {self._fees[i]:.2f}  funding {self._fund[i]:.2f}"
+            for i in range(self.num_envs)
+        )
+
+    def __repr__(self) -> str:
+        name = self.market.source or self.market.symbol
+        return f"CryptoFuturesVecEnv(num_envs={self.num_envs}, market={name!r})"
+
