@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -13,7 +14,7 @@ from gymnasium.vector.utils import batch_space
 from envs.contract import ExecutionConfig, MarginConfig
 from envs.features import FeatureConfig
 from envs.market import MarketData
-from envs.metrics import METRIC_KEYS, trade_metrics
+from envs.metrics import METRIC_KEYS, periods_per_year
 from envs.trading_env import INFO_KEYS, CryptoFuturesEnv
 
 __all__ = ["CryptoFuturesVecEnv", "STATE_INFO_KEYS"]
@@ -179,12 +180,24 @@ class CryptoFuturesVecEnv(VectorEnv):
         # Volume with zeros replaced by 1: the impact of a bar without volume is computed on it and discarded
         # (nothing fills), so no division by zero on the common path.
         self._v_safe = np.where(self._v > 0.0, self._v, 1.0)
+        self._dry_bars = bool((self._v <= 0.0).any())
+        # Column j: what step t -> j = t + 1 reads, gathered in one take.
+        prev = np.r_[0, np.arange(len(self._c) - 1)]
+        self._mkt = np.stack(
+            [self._o, self._h, self._l, self._c, self._v, self._v_safe, self._r, self._c[prev], self._s[prev]],
+            axis=1,
+        )
         # Row k of the window matrix is the flattened feature rows k .. k + window - 1 (the single env's
         # observation window for decision bar k + window - 1). A strided view over the (small, cache-resident)
         # feature array: gathering rows from it is faster than from a materialized copy.
         n_feat = feats.values.shape[1]
         self._wl = proto._win_len
         self._winview = np.lib.stride_tricks.sliding_window_view(feats.values.reshape(-1), self._wl)[::n_feat]
+        # Row t: decision bar t's observation with the account entries 0, so that one row gather per sub-env
+        # makes the whole observation (rows before the first valid decision bar are never read).
+        obsmat = np.zeros((self.n_bars, self._wl + 3), dtype=np.float32)
+        obsmat[self.window - 1 :, : self._wl] = self._winview
+        self._obsmat = obsmat
         self._clip = proto._clip
 
         ex = self.execution
@@ -192,6 +205,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._min_qty = ex.min_qty
         self._deadband = ex.deadband
         self._hs = ex.half_spread
+        self._up = 1.0 + ex.half_spread
+        self._dn = 1.0 - ex.half_spread
         self._impact = ex.impact_coef
         self._taker = ex.taker_fee
         self._cap = ex.max_participation
@@ -207,6 +222,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             self._tier_amt = np.array([t[2] for t in mg.tiers], dtype=np.float64)
             self._mmr = None
         self._floor = proto._floor
+        self._ppy = periods_per_year(self.market.bar_seconds)
         self._reward_kind = proto._reward_kind
 
         # Account state, one entry per sub-env (the fields of envs.contract.Account).
@@ -236,7 +252,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         # step); an episode started at global step g0 reads rows g0 + 1 .. g. R = the longest episode.
         longest = self.episode_bars if self.episode_bars is not None else self.n_bars - 1 - self.min_start
         self._ring = max(int(longest), 1)
-        self._hist = z((self._ring, n)) if self.episode_metrics else None
+        # np.full, not np.zeros: touch the pages now rather than page-fault on the first pass through the ring.
+        self._hist = np.full((self._ring, n), self.initial_balance) if self.episode_metrics else None
         self._g = 0
         self._ep_g = z(n, dtype=np.int64)
 
@@ -308,12 +325,17 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._nliq[idx] += 1
 
     def _execute(
-        self, qty: np.ndarray, ref: np.ndarray, j: np.ndarray, sigma: np.ndarray
+        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, sigma: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The single env's ``_execute`` per entry of ``qty`` (0: no order); returns (filled, unfilled)."""
+        """The single env's ``_execute`` per entry of ``qty`` (0: no order); returns (filled, unfilled).
+
+        Works on all entries at once: an entry without an order has ``q = 0``, which makes its realized PnL,
+        fee, slippage and turnover exactly 0 and leaves its position unchanged (it is a whole number of lots
+        already); only the entry price needs the mask.
+        """
         want = np.abs(qty)
-        vol = self._v[j]
         q = qty
+        partial = False
         if self._cap is not None:
             capq = self._cap * vol
             over = want > capq
@@ -322,47 +344,61 @@ class CryptoFuturesVecEnv(VectorEnv):
                 capped = np.copysign(lots * self._lot, qty)
                 capped[np.abs(capped) < self._min_qty] = 0.0
                 q = np.where(over, capped, qty)
-        dry = vol <= 0.0
-        if dry.any():
-            q = np.where(dry, 0.0, q)
-        filled = np.abs(q)
-        unfilled = want - filled
+                partial = True
+        if self._dry_bars:
+            dry = vol <= 0.0
+            if dry.any():
+                q = np.where(dry, 0.0, q)
+                partial = True
+        if partial:
+            filled = np.abs(q)
+            unfilled = want - filled
+        else:
+            filled = want
+            unfilled = np.zeros(self.num_envs)
         m = q != 0.0
         if not m.any():
             return q, unfilled
-        impact = self._impact * sigma * np.sqrt(filled / self._v_safe[j])
-        price = np.where(q > 0.0, ref * ((1.0 + self._hs) + impact), ref * ((1.0 - self._hs) - impact))
+        # Fill price: ref * (1 + half_spread + impact) for buys, ref * (1 - half_spread - impact) for sells
+        # (left to right, as the single env computes it).
+        impact = np.sqrt(filled / vol_safe)
+        impact *= self._impact * sigma
+        buy = q > 0.0
+        mult = np.where(buy, self._up + impact, self._dn - impact)
+        price = ref * mult
 
-        # envs.contract.apply_fill, for all entries; results are kept where m (an order filled).
+        # envs.contract.apply_fill (average entry price), then the snap to whole lots.
         pos = self._pos
         entry = self._entry
         apos = np.abs(pos)
         new_pos = pos + q
-        new_pos[np.abs(new_pos) <= 1e-9 * np.maximum(apos, filled)] = 0.0
-        adding = (pos == 0.0) | ((pos > 0.0) == (q > 0.0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            entry_add = (apos * entry + filled * price) / (apos + filled)
+        adding = (pos * q) >= 0.0  # flat, or an order on the side of the position
+        entry_add = apos * entry
+        entry_add += filled * price
+        entry_add /= apos + filled
         closed = np.minimum(filled, apos)
-        realized = np.where(pos > 0.0, closed * (price - entry), closed * (entry - price))
-        realized[adding] = 0.0
+        closed[adding] = 0.0
+        realized = price - entry
+        realized *= closed
+        np.negative(realized, out=realized, where=pos < 0.0)
         # Reduce: entry unchanged; flip: the remainder opens at the fill price; flat: 0.
-        same_side = (new_pos > 0.0) == (pos > 0.0)
-        new_entry = np.where(adding, entry_add, np.where(same_side, entry, price))
+        flip = (new_pos * pos) < 0.0
+        new_entry = np.where(adding, entry_add, np.where(flip, price, entry))
+        np.round(new_pos / self._lot, out=new_pos)
+        new_pos *= self._lot
         new_entry[new_pos == 0.0] = 0.0
+        np.copyto(entry, new_entry, where=m)
+        np.copyto(pos, new_pos, where=m)
         notional = filled * price
         f = notional * self._taker
-        realized[~m] = 0.0
-        f[~m] = 0.0
-        np.copyto(entry, new_entry, where=m)
-        # Positions are whole lots (as the single env snaps them).
-        np.copyto(pos, np.round(new_pos / self._lot) * self._lot, where=m)
         self._real += realized
         self._fees += f
-        self._bal += realized - f
-        slip = filled * np.abs(price - ref)
-        slip[~m] = 0.0
+        realized -= f
+        self._bal += realized
+        slip = price - ref
+        np.abs(slip, out=slip)
+        slip *= filled
         self._slip += slip
-        notional[~m] = 0.0
         self._turn += notional
         return q, unfilled
 
@@ -374,23 +410,35 @@ class CryptoFuturesVecEnv(VectorEnv):
             t, pos, entry, eq = self._t[idx], self._pos[idx], self._entry[idx], self._eq[idx]
         k = t.shape[0]
         wl = self._wl
-        obs = np.empty((k, wl + 3), dtype=np.float32)
-        obs[:, :wl] = self._winview[t - (self.window - 1)]
+        obs = np.take(self._obsmat, t, axis=0, mode="clip")
         mark = self._c[t]
         clip = self._clip
+        acc = np.empty((3, k))
+        frac, upnl, mratio = acc
         with np.errstate(invalid="ignore", divide="ignore"):
-            frac = pos * mark / (self.leverage * eq)
-            upnl = pos * (mark - entry) / eq
-            notional = np.abs(pos) * mark
+            # Same operations, same order as the single env's _observe (so the same floats).
+            np.multiply(pos, mark, out=frac)
+            np.abs(frac, out=mratio)  # notional |pos| * mark
+            frac /= self.leverage * eq
+            np.subtract(mark, entry, out=upnl)
+            upnl *= pos
+            upnl /= eq
             if self._mmr is not None:
-                mratio = notional * self._mmr / eq
+                mratio *= self._mmr
             else:
-                mmr, amt = self._brackets(notional)
-                mratio = np.maximum(notional * mmr - amt, 0.0) / eq
-        live = (eq > 0.0) & (pos != 0.0)
-        obs[:, wl] = np.where(live, np.clip(frac, -clip, clip), 0.0)
-        obs[:, wl + 1] = np.where(live, np.clip(upnl, -clip, clip), 0.0)
-        obs[:, wl + 2] = np.where(live, np.minimum(mratio, clip), 0.0)
+                mmr, amt = self._brackets(mratio.copy())
+                mratio *= mmr
+                mratio -= amt
+                np.maximum(mratio, 0.0, out=mratio)
+                mratio[pos == 0.0] = 0.0
+            mratio /= eq
+        np.maximum(acc[:2], -clip, out=acc[:2])
+        np.minimum(acc, clip, out=acc)
+        # A flat account reads 0 already (0 / equity); only a wiped-out account (equity 0) needs the fix.
+        dead = ~(eq > 0.0)
+        if dead.any():
+            acc[:, dead] = 0.0
+        obs[:, wl:] = acc.T
         return obs
 
     def _infos(self, liquidated: np.ndarray, trade: np.ndarray, unfilled: np.ndarray) -> dict[str, Any]:
@@ -430,10 +478,12 @@ class CryptoFuturesVecEnv(VectorEnv):
                     f"in [-1, 1], one per sub-env), got shape {arr.shape} dtype {arr.dtype}"
                 )
             a[:] = arr.reshape(n)
-            if not np.isfinite(a).all():
+            # One reduction instead of an isfinite pass: a NaN or inf anywhere makes the sum non-finite.
+            if not np.isfinite(np.add.reduce(a)):
                 bad = int(np.flatnonzero(~np.isfinite(a))[0])
                 raise ValueError(f"actions must be finite, got {arr.reshape(n)[bad]!r} for sub-env {bad}")
-            np.clip(a, -1.0, 1.0, out=a)
+            np.maximum(a, -1.0, out=a)
+            np.minimum(a, 1.0, out=a)
             return a
         if arr.shape not in ((n,), (n, 1)) or arr.dtype.kind not in "biu":
             raise ValueError(
@@ -497,32 +547,52 @@ class CryptoFuturesVecEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("call reset() before step()")
         a = self._parse_actions(actions)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._step(a)
+
+    def _step(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        # The hot path. Every quantity of the single env's step is computed for all sub-envs with whole-array
+        # operations in the single env's order of floating-point operations (so results agree to the last
+        # bit, up to libm differences in log/pow); liquidations and episode ends, which are rare, work on
+        # index subsets. Flat accounts give NaN liquidation prices, which compare false.
         t = self._t
         j = t + 1
         pos = self._pos
         entry = self._entry
         bal = self._bal
-        close_t = self._c[t]
-        equity_t = self._eq.copy()
+        equity_t = self._eq  # replaced (not mutated) below
+        # One gather for the bar data: rows of self._mkt are open, high, low, close, volume, volume with
+        # zeros replaced, funding rate of bar j, then close and volatility of bar j - 1 = t.
+        o, hi, lo, c, vol, vol_safe, rate, close_t, sigma = np.take(self._mkt, j, axis=0, mode="clip").T
 
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
-            max_notional = self.leverage * equity_t
-            cur = pos * close_t / max_notional
-            want = a * max_notional / close_t - pos
-        trade = (max_notional > 0.0) & ((a == 0.0) | (np.abs(a - cur) >= self._deadband))
-        lots = np.floor(np.abs(want) / self._lot + 1e-9)
-        qty = np.copysign(lots * self._lot, want)
-        qty[~trade | (np.abs(qty) < self._min_qty)] = 0.0
+        # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
+        max_notional = self.leverage * equity_t
+        cur = pos * close_t
+        cur /= max_notional
+        want = a * max_notional
+        want /= close_t
+        want -= pos
+        cur -= a
+        np.abs(cur, out=cur)
+        trade = cur >= self._deadband
+        trade |= a == 0.0
+        trade &= max_notional > 0.0
+        qty = np.abs(want)
+        qty /= self._lot
+        qty += 1e-9
+        np.floor(qty, out=qty)
+        qty *= self._lot
+        np.copysign(qty, want, out=qty)
+        trade &= np.abs(qty) >= self._min_qty
+        qty *= trade
 
-        o = self._o[j]
-        c = self._c[j]
-        sigma = self._s[t]
         liquidated = np.zeros(self.num_envs, dtype=bool)
-        # 2. gap: the carried position may open beyond its liquidation price.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lp = self._liq_prices(pos, entry, bal, o)
-        gap = np.where(pos > 0.0, o <= lp, (pos < 0.0) & (o >= lp))
+        # 2. gap: the carried position may open beyond its liquidation price ((o - lp) * pos <= 0 is
+        # "o <= lp" for a long and "o >= lp" for a short).
+        lp = self._liq_prices(pos, entry, bal, o)
+        beyond = o - lp
+        beyond *= pos
+        gap = beyond <= 0.0
         if gap.any():
             idx = np.flatnonzero(gap)
             self._liquidate(idx, o[idx])
@@ -531,15 +601,18 @@ class CryptoFuturesVecEnv(VectorEnv):
 
         # 3. fill at the open.
         if self._fill_open:
-            filled, unfilled = self._execute(qty, o, j, sigma)
+            filled, unfilled = self._execute(qty, o, vol, vol_safe, sigma)
         # 4. funding on the position after the fill, marked at the open (0 where flat or no settlement).
-        pay = pos * o * self._r[j]
+        pay = pos * o
+        pay *= rate
         self._fund += pay
         bal -= pay
-        # 5. liquidation on the adverse extreme (at the open if already beyond it).
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lp = self._liq_prices(pos, entry, bal, o)
-        hit = np.where(pos > 0.0, self._l[j] <= lp, (pos < 0.0) & (self._h[j] >= lp))
+        # 5. liquidation on the adverse extreme of the bar (at the open if already beyond it).
+        lp = self._liq_prices(pos, entry, bal, o)
+        beyond = np.where(pos > 0.0, lo, hi)
+        beyond -= lp
+        beyond *= pos
+        hit = beyond <= 0.0
         if hit.any():
             idx = np.flatnonzero(hit)
             lpi = lp[idx]
@@ -549,25 +622,30 @@ class CryptoFuturesVecEnv(VectorEnv):
             liquidated[idx] = True
         if not self._fill_open:
             qty[liquidated] = 0.0
-            filled, unfilled = self._execute(qty, c, j, sigma)
+            filled, unfilled = self._execute(qty, c, vol, vol_safe, sigma)
 
         # 6. mark at the close.
         t += 1
-        upnl = pos * (c - entry)
-        eq = self._eq
-        np.add(bal, upnl, out=eq)
+        eq = c - entry
+        eq *= pos
+        eq += bal
         np.maximum(eq, 0.0, out=eq)
+        self._eq = eq
 
         floor = self._floor
         kind = self._reward_kind
         if kind == 0:
-            reward = np.log(np.maximum(eq, floor) / np.maximum(equity_t, floor))
+            reward = np.maximum(eq, floor)
+            reward /= np.maximum(equity_t, floor)
+            np.log(reward, out=reward)
         elif kind == 1:
             reward = self._differential_sharpe(eq, equity_t)
         else:
-            reward = (eq - equity_t) / self.initial_balance
+            reward = eq - equity_t
+            reward /= self.initial_balance
 
-        truncated = (t >= self._end) & ~liquidated
+        truncated = t >= self._end
+        truncated &= ~liquidated
         terminated = liquidated
         g = self._g = self._g + 1
         if self._hist is not None:
@@ -575,20 +653,30 @@ class CryptoFuturesVecEnv(VectorEnv):
         done = terminated | truncated
         if not done.any():
             return self._observe(), reward, terminated, truncated, self._infos(liquidated, filled, unfilled)
+        return self._autoreset(done, reward, terminated, truncated, filled, unfilled)
 
-        # Autoreset (SAME_STEP): report the finished episodes, then restart them.
+    def _autoreset(
+        self,
+        done: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        filled: np.ndarray,
+        unfilled: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """SAME_STEP autoreset: report the finished episodes in final_obs / final_info, then restart them."""
+        liquidated = terminated
         idx = np.flatnonzero(done)
         final_obs_rows = self._observe(idx)
         final = self._infos(liquidated, filled, unfilled)
-        done_mask = done.copy()
         final_info: dict[str, Any] = {}
         for key in INFO_KEYS:
             v = final[key]
             final_info[key] = np.where(done, v, np.zeros((), dtype=v.dtype))
-            final_info["_" + key] = done_mask
+            final_info["_" + key] = done
         if self._hist is not None:
             final_info["episode_metrics"] = self._episode_metrics(idx)
-            final_info["_episode_metrics"] = done_mask
+            final_info["_episode_metrics"] = done
         final_obs = np.full(self.num_envs, None, dtype=object)
         for r, i in enumerate(idx):
             final_obs[i] = final_obs_rows[r]
@@ -598,34 +686,33 @@ class CryptoFuturesVecEnv(VectorEnv):
         unfilled = np.where(done, 0.0, unfilled)
         infos = self._infos(liquidated & ~done, filled, unfilled)
         infos["final_obs"] = final_obs
-        infos["_final_obs"] = done_mask
+        infos["_final_obs"] = done
         infos["final_info"] = final_info
-        infos["_final_info"] = done_mask
-        return self._observe(), reward, terminated, truncated, infos
+        infos["_final_info"] = done
+        return self._observe(), reward, terminated, truncated.copy(), infos
 
     def _episode_metrics(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """``trade_metrics`` of the finished episodes ``idx``, as arrays over all sub-envs (0 elsewhere)."""
+        """``envs.metrics.trade_metrics`` of the finished episodes ``idx``, as arrays over all sub-envs (0
+        elsewhere), computed for all episodes of one length at once."""
         n = self.num_envs
         ints = ("liquidations", "n_bars")
         out = {k: np.zeros(n, dtype=np.int64 if k in ints else np.float64) for k in METRIC_KEYS}
         mask = np.zeros(n, dtype=bool)
         mask[idx] = True
-        g = self._g
-        for i in idx:
-            rows = np.arange(int(self._ep_g[i]) + 1, g + 1) % self._ring
-            curve = np.empty(rows.size + 1)
-            curve[0] = self.initial_balance
-            curve[1:] = self._hist[rows, i]
-            mets = trade_metrics(
-                curve,
-                bar_seconds=self.market.bar_seconds,
-                turnover=float(self._turn[i]) / self.initial_balance,
-                fees=float(self._fees[i]),
-                funding=float(self._fund[i]),
-                liquidations=int(self._nliq[i]),
-            )
-            for k, v in mets.items():
-                out[k][i] = v
+        steps = self._g - self._ep_g[idx]
+        for length in np.unique(steps):
+            group = idx[steps == length]
+            rows = (self._ep_g[group, None] + 1 + np.arange(length)) % self._ring
+            curves = np.empty((group.size, length + 1))
+            curves[:, 0] = self.initial_balance
+            curves[:, 1:] = self._hist[rows, group[:, None]]
+            for k, v in _batch_trade_metrics(curves, self._ppy).items():
+                out[k][group] = v
+        out["turnover"][idx] = self._turn[idx] / self.initial_balance
+        out["fees"][idx] = self._fees[idx]
+        out["funding"][idx] = self._fund[idx]
+        out["liquidations"][idx] = self._nliq[idx]
+        out["n_bars"][idx] = steps
         result: dict[str, np.ndarray] = {}
         for k, v in out.items():
             result[k] = v
@@ -664,3 +751,43 @@ class CryptoFuturesVecEnv(VectorEnv):
         name = self.market.source or self.market.symbol
         return f"CryptoFuturesVecEnv(num_envs={self.num_envs}, market={name!r})"
 
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``envs.metrics._ratio`` per entry: ``num / den`` if ``den > 0``, else 0 for ``num == 0``, else +-inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = num / den
+    return np.where(den > 0.0, q, np.where(num == 0.0, 0.0, np.copysign(np.inf, num)))
+
+
+def _batch_trade_metrics(eq: np.ndarray, ppy: float) -> dict[str, np.ndarray]:
+    """``envs.metrics.trade_metrics`` (return and risk keys) of the rows of ``eq``, curves of one length.
+
+    The same formulas, reductions along the contiguous axis (so the same summation as the 1-D function); the
+    equivalence test compares them with the single env's ``episode_metrics``.
+    """
+    n = eq.shape[1] - 1
+    first, last = eq[:, 0], eq[:, -1]
+    total = last / first - 1.0
+    prev = eq[:, :-1]
+    r = np.divide(eq[:, 1:] - prev, prev, out=np.zeros((eq.shape[0], n)), where=prev > 0)
+    mean = r.mean(axis=1)
+    std = r.std(axis=1, ddof=1) if n > 1 else np.zeros_like(mean)
+    downside = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2, axis=1))
+    zero = np.zeros_like(mean)
+    root = math.sqrt(ppy)
+    sharpe = np.where(std > 0, _ratio(mean, std) * root, _ratio(mean, zero))
+    sortino = np.where(downside > 0, _ratio(mean, downside) * root, _ratio(mean, zero))
+    peak = np.maximum.accumulate(eq, axis=1)
+    dd = np.divide(peak - eq, peak, out=np.zeros_like(eq), where=peak > 0)
+    mdd = dd.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = np.minimum(np.log(last / first) * ppy / n, 700.0)
+    cagr = np.where(last <= 0, -1.0, np.expm1(growth))
+    return {
+        "total_return": total,
+        "sharpe": sharpe,
+        "sortino": sortino,
+        "max_drawdown": mdd,
+        "calmar": _ratio(cagr, mdd),
+    }
