@@ -2,7 +2,7 @@
 
     python -m benchmarks.env_throughput [--steps 20000] [--repeats 5]    # from the repository root
 
-Both envs run on the embedded 999 BTCUSDT 1h bars with a 32-bar observation window, 720-step episodes (reset
+Both envs run on the embedded 999 BTCUSDT perpetual 1h bars (`btcusdt-perp-1h-2025`) with a 32-bar observation window, 720-step episodes (reset
 when an episode ends, reset time included) and the same pre-drawn random actions (drawing them is not timed).
 Ours simulates far more per step: spread, square-root impact, fees, lot rounding, participation cap, funding,
 maintenance margin and liquidation, causal features and a full info dict; gym-trading-env (0.3.5) does a fee
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
 
-    market = load_embedded()
+    market = load_embedded("btcusdt-perp-1h-2025")
     rng = np.random.default_rng(0)
     n = args.steps
     cont_actions = [np.array([x], dtype=np.float32) for x in rng.uniform(-1, 1, n)]

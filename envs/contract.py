@@ -44,6 +44,7 @@ __all__ = [
     "liquidation_price",
     "liquidation_exit",
     "apply_fill",
+    "BINANCE_BTCUSDT_TIERS",
     "FILL_AT",
 ]
 
@@ -140,11 +141,17 @@ class MarginConfig:
         max_leverage: the largest leverage the contract allows (Binance BTCUSDT: 125x at the first tier).
         maintenance_margin_rate: maintenance margin as a fraction of notional when ``tiers`` is None (0.4 %:
             Binance's first BTCUSDT tier).
-        tiers: optional brackets by position notional, ``((notional_cap, mmr, maintenance_amount), ...)`` with
-            increasing caps; maintenance margin ``= notional * mmr - maintenance_amount`` for the first
-            bracket whose cap is >= the notional (the last bracket covers everything above). Copy them from
-            the exchange's leverage brackets (Binance ``GET /fapi/v1/leverageBracket``: notionalCap,
-            maintMarginRatio, cum).
+        tiers: optional brackets by position notional, ``((notional_cap, mmr, maintenance_amount[,
+            max_leverage]), ...)`` with increasing caps; maintenance margin ``= notional * mmr -
+            maintenance_amount`` for the first bracket whose cap is >= the notional (the last bracket covers
+            everything above). Copy them from the exchange's leverage brackets (Binance ``GET
+            /fapi/v1/leverageBracket``: notionalCap, maintMarginRatio, cum, initialLeverage);
+            :data:`BINANCE_BTCUSDT_TIERS` is a snapshot. The liquidation price uses the bracket of the
+            notional *at the liquidation price* (Binance's rule). With a 4th entry, a position may only reach
+            the cap of the last bracket whose maximum leverage is >= ``leverage``: orders are trimmed to it.
+        flat_rate_max_notional: with ``tiers=None``, the notional up to which the flat rate is realistic
+            (Binance BTCUSDT's first bracket: 50,000 USDT); the envs warn once when a position goes above it.
+            ``None`` silences the warning.
         liquidation_fee_rate: fee on the liquidated notional, charged out of the remaining margin (never more
             than what is left). 1.25 %: the ``liquidationFee`` Binance's ``/fapi/v1/exchangeInfo`` has
             reported for BTCUSDT. Being above the 0.4 % maintenance rate, it takes all that remains: a
@@ -156,6 +163,7 @@ class MarginConfig:
     maintenance_margin_rate: float = 0.004
     tiers: tuple[tuple[float, float, float], ...] | None = None
     liquidation_fee_rate: float = 0.0125
+    flat_rate_max_notional: float | None = 50_000.0
     _caps: tuple[float, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -174,12 +182,19 @@ class MarginConfig:
                 raise ValueError(f"MarginConfig.{name} must be in [0, 1), got {v!r}")
         if self.tiers is not None:
             tiers = tuple(tuple(float(x) for x in t) for t in self.tiers)
-            if not tiers or any(len(t) != 3 for t in tiers):
+            if not tiers or any(len(t) not in (3, 4) for t in tiers) or len({len(t) for t in tiers}) > 1:
                 raise ValueError(
                     "MarginConfig.tiers must be a non-empty sequence of (notional_cap, mmr, "
-                    "maintenance_amount), "
-                    f"got {self.tiers!r}"
+                    "maintenance_amount) or (notional_cap, mmr, maintenance_amount, max_leverage), all of "
+                    f"one length; got {self.tiers!r}"
                 )
+            if len(tiers[0]) == 4:
+                lev_ok = [t[3] for t in tiers if t[3] >= self.leverage]
+                if not lev_ok:
+                    raise ValueError(
+                        f"MarginConfig.leverage={self.leverage} exceeds the maximum leverage of every "
+                        f"bracket (first bracket: {tiers[0][3]:g}x); lower the leverage"
+                    )
             caps = [t[0] for t in tiers]
             increasing = all(b > a for a, b in zip(caps, caps[1:], strict=False))
             if not increasing or any(not 0 <= t[1] < 1 for t in tiers):
@@ -191,12 +206,46 @@ class MarginConfig:
             first_mmr = tiers[0][1]
         else:
             first_mmr = self.maintenance_margin_rate
+        fm = self.flat_rate_max_notional
+        if fm is not None and not (isinstance(fm, (int, float)) and fm > 0):
+            raise ValueError(f"MarginConfig.flat_rate_max_notional must be > 0 or None, got {fm!r}")
         if self.leverage * first_mmr >= 1:
             raise ValueError(
                 f"MarginConfig.leverage={self.leverage} with maintenance margin rate {first_mmr} would be "
                 "liquidated on opening (initial margin 1/leverage <= maintenance rate); use leverage < "
                 f"{1 / first_mmr:g}"
             )
+
+
+    @property
+    def max_notional(self) -> float:
+        """Largest position notional the brackets allow at ``leverage`` (``inf`` without a leverage column).
+
+        Binance lets a position grow only within brackets whose maximum leverage is at least the position's
+        leverage setting: the cap of the last such bracket.
+        """
+        if self.tiers is None or len(self.tiers[0]) < 4:
+            return math.inf
+        caps = [t[0] for t in self.tiers if t[3] >= self.leverage]
+        return max(caps)
+
+
+#: Binance USDⓈ-M BTCUSDT leverage brackets ``(notional_cap, mmr, cum, max_leverage)`` as published by ``GET
+#: /fapi/v1/leverageBracket`` (snapshot of 2023-2024; they change: copy the current ones for live numbers).
+BINANCE_BTCUSDT_TIERS: tuple[tuple[float, float, float, float], ...] = (
+    (50_000.0, 0.004, 0.0, 125.0),
+    (600_000.0, 0.005, 50.0, 100.0),
+    (3_000_000.0, 0.0065, 950.0, 75.0),
+    (12_000_000.0, 0.01, 11_450.0, 50.0),
+    (70_000_000.0, 0.02, 131_450.0, 25.0),
+    (100_000_000.0, 0.025, 481_450.0, 20.0),
+    (230_000_000.0, 0.05, 2_981_450.0, 10.0),
+    (480_000_000.0, 0.1, 14_481_450.0, 5.0),
+    (600_000_000.0, 0.125, 26_481_450.0, 4.0),
+    (800_000_000.0, 0.15, 41_481_450.0, 3.0),
+    (1_200_000_000.0, 0.25, 121_481_450.0, 2.0),
+    (1_800_000_000.0, 0.5, 421_481_450.0, 1.0),
+)
 
 
 # ----------------------------------------------------------------------------------------------- pure
@@ -257,11 +306,10 @@ def maintenance_params(notional: float, margin: MarginConfig) -> tuple[float, fl
     tiers = margin.tiers
     if tiers is None:
         return margin.maintenance_margin_rate, 0.0
-    for cap, mmr, amount in tiers:
-        if notional <= cap:
-            return mmr, amount
-    _, mmr, amount = tiers[-1]
-    return mmr, amount
+    for t in tiers:
+        if notional <= t[0]:
+            return t[1], t[2]
+    return tiers[-1][1], tiers[-1][2]
 
 
 def maintenance_margin(position: float, price: float, margin: MarginConfig) -> float:
@@ -272,7 +320,11 @@ def maintenance_margin(position: float, price: float, margin: MarginConfig) -> f
 
 
 def liquidation_price(
-    position: float, entry_price: float, balance: float, margin: MarginConfig, mark_price: float
+    position: float,
+    entry_price: float,
+    balance: float,
+    margin: MarginConfig,
+    mark_price: float | None = None,
 ) -> float:
     """Price at which ``equity == maintenance margin`` for a single position on the account.
 
@@ -280,19 +332,33 @@ def liquidation_price(
 
         P = (balance + amount - position * entry) / (|position| * mmr - position)
 
-    The bracket (``mmr``, ``amount``) is the one of the notional at ``mark_price`` (the latest price;
-    exchanges use the bracket of the current position notional).
+    With tiers, ``(mmr, amount)`` is the bracket of the notional ``|position| * P`` *at the liquidation price
+    itself* (Binance's rule): each bracket's solution is tried and the one whose notional falls inside that
+    bracket is returned. ``mark_price`` is not needed and kept for backward compatibility.
 
     Returns:
         The liquidation price; ``0.0`` for a flat account or a long that cannot be liquidated (its liquidation
-        price would be <= 0, e.g. fully collateralized); ``inf`` never occurs for shorts with a positive
-        denominator.
+        price would be <= 0, e.g. fully collateralized).
     """
     if position == 0.0:
         return 0.0
-    mmr, amount = maintenance_params(abs(position) * mark_price, margin)
-    p = (balance + amount - position * entry_price) / (abs(position) * mmr - position)
-    return p if p > 0.0 else 0.0
+    size = abs(position)
+    tiers = margin.tiers
+    if tiers is None:
+        p = (balance - position * entry_price) / (size * margin.maintenance_margin_rate - position)
+        return p if p > 0.0 else 0.0
+    lo = 0.0
+    p = 0.0
+    for t in tiers:
+        cap, mmr, amount = t[0], t[1], t[2]
+        p = (balance + amount - position * entry_price) / (size * mmr - position)
+        if p <= 0.0:
+            p = 0.0
+        if lo <= size * p <= cap:
+            return p
+        lo = cap
+    # The last bracket covers every notional above its predecessors' caps.
+    return p
 
 
 def liquidation_exit(
@@ -418,9 +484,25 @@ class Account:
         self.balance -= pay
         return pay
 
-    def liquidation_price(self, margin: MarginConfig, mark: float) -> float:
+    def liquidation_price(self, margin: MarginConfig, mark: float | None = None) -> float:
         """:func:`liquidation_price` of the current position and balance."""
         return liquidation_price(self.position, self.entry_price, self.balance, margin, mark)
+
+    def absorb_shortfall(self) -> float:
+        """A flat account whose wallet went negative (a fill beyond the bankruptcy price: impact and fee
+        larger than the equity left) is bankrupt: the shortfall is absorbed like a liquidation's, credited to
+        ``realized_pnl`` and reported as ``bad_debt``, so the wallet is 0 and the identity holds.
+
+        Returns:
+            The bad debt absorbed (0 when the wallet is not negative or a position is still open).
+        """
+        if self.position != 0.0 or self.balance >= 0.0:
+            return 0.0
+        bad = -self.balance
+        self.realized_pnl += bad
+        self.bad_debt += bad
+        self.balance = 0.0
+        return bad
 
     def liquidate(self, price: float, fee_rate: float) -> float:
         """Close the whole position at ``price`` as a forced liquidation.

@@ -56,7 +56,15 @@ from envs.market import (
     validate_bars,
 )
 
-__all__ = ["BINANCE_KLINE_COLUMNS", "load_funding", "load_market", "parse_tz", "read_bars"]
+__all__ = [
+    "BINANCE_KLINE_COLUMNS",
+    "FUNDING_MERGE_ATOL",
+    "load_funding",
+    "load_market",
+    "parse_tz",
+    "read_bars",
+    "split_tz_suffix",
+]
 
 #: Column order of Binance public-data klines files (headerless before 2022, with this header after).
 BINANCE_KLINE_COLUMNS = (
@@ -587,6 +595,110 @@ def _funding_from_frame(
     return series, interval
 
 
+#: Tolerance for overlapping settlements of several funding files: the web export rounds to 1e-6 % (1e-8 as a
+#: fraction) and the API gives 8 decimals, so the same settlement can differ by one unit of 1e-8.
+FUNDING_MERGE_ATOL = 1e-8
+
+
+def split_tz_suffix(item: str | os.PathLike) -> tuple[str, str | None]:
+    """``"file.csv@UTC+8"`` -> ``("file.csv", "UTC+8")``; a path without a time-zone suffix (or an existing
+    file whose name has an ``@``) is returned unchanged with ``None``."""
+    p = os.fspath(item)
+    if "@" not in p or os.path.exists(p):
+        return p, None
+    path, _, zone = p.rpartition("@")
+    try:
+        parse_tz(zone)
+    except ValueError:
+        return p, None
+    return path, zone
+
+
+def _check_grid(series: pd.Series, interval_h: float, name: str, tz_given: bool) -> None:
+    """Settlements must sit on the exchange's grid (multiples of the interval since the epoch: 00/08/16 UTC
+    for 8 h). Most of them off it by one offset means local times read as UTC: say which zone to pass."""
+    if len(series) < 3:
+        return
+    grid = int(round(interval_h * 3600)) * _NS
+    if grid <= 0:
+        return
+    ts = series.index.as_unit("ns").asi8
+    off = ts % grid
+    bad = off != 0
+    if bad.mean() <= 0.5:
+        return
+    vals, counts = np.unique(off[bad], return_counts=True)
+    shift = int(vals[np.argmax(counts)])
+    hours = shift / 3600 / _NS
+    # Local times are UTC + k with k = the offset (mod the grid): the zones that fit, closest to UTC first.
+    cand = sorted((c for c in (hours - k * interval_h for k in range(-3, 4)) if -12 <= c <= 14), key=abs)
+    z = f"UTC{cand[0]:+g}" if cand else f"UTC{hours:+g}"
+    others = " or ".join(f"'UTC{c:+g}'" for c in cand[1:])
+    first = series.index[int(np.flatnonzero(bad)[0])]
+    raise ValueError(
+        f"{name}: {int(bad.sum())} of {len(series)} funding settlements are off the exchange's "
+        f"{interval_h:g} h grid (00/08/16 UTC for 8 h), e.g. {first} read as UTC, {hours:g} h past a "
+        f"settlement time. The times are probably in local time"
+        + (" (the time zone given does not fit)" if tz_given else "")
+        + f": pass the file's zone, e.g. funding_tz='{z}' or funding=['{name}@{z}'] in envs.loaders, "
+        f"--funding '{name}@{z}' on the command line"
+        + (f" ({others} fit the grid as well)." if others else ".")
+    )
+
+
+def _merge_funding(parts: list[pd.Series], names: list[str]) -> tuple[pd.Series, int]:
+    """Merge several files' settlements; where they overlap they must agree (to FUNDING_MERGE_ATOL)."""
+    merged = parts[0]
+    owner = pd.Series(0, index=parts[0].index)
+    overlap = 0
+    for k in range(1, len(parts)):
+        new = parts[k]
+        common = merged.index.intersection(new.index)
+        overlap += len(common)
+        if len(common):
+            a = merged.loc[common].to_numpy()
+            b = new.loc[common].to_numpy()
+            diff = np.flatnonzero(np.abs(a - b) > FUNDING_MERGE_ATOL + 1e-12)
+            if diff.size:
+                i = int(diff[0])
+                when = common[i]
+                other = names[int(owner.loc[when])]
+                hint = _shift_hint(merged, new, names[k])
+                raise ValueError(
+                    f"funding files {other} and {names[k]} disagree at settlement {when}: {a[i]:.10g} vs "
+                    f"{b[i]:.10g} ({diff.size} of {len(common)} overlapping settlements differ by more than "
+                    f"{FUNDING_MERGE_ATOL:g}). {hint}"
+                )
+        only = new.index.difference(merged.index)
+        merged = pd.concat([merged, new.loc[only]]).sort_index(kind="stable")
+        owner = pd.concat([owner, pd.Series(k, index=only)]).sort_index(kind="stable")
+    return merged, overlap
+
+
+def _shift_hint(a: pd.Series, b: pd.Series, bname: str) -> str:
+    """If ``b`` agrees with ``a`` once shifted by whole hours, it is in another time zone: say which."""
+    for h in (8, -8, 16, -16, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5, 6, -6, 7, -7, 9, -9, 10, -10, 12, -12):
+        shifted = b.copy()
+        shifted.index = b.index - pd.Timedelta(hours=h)
+        common = a.index.intersection(shifted.index)
+        if len(common) >= 3 and np.all(
+            np.abs(a.loc[common].to_numpy() - shifted.loc[common].to_numpy()) <= 1e-8
+        ):
+            z = f"UTC{h:+d}"
+            return (
+                f"They agree if {bname}'s times are read in {z}: pass '{bname}@{z}' (or funding_tz='{z}'; "
+                f"--funding '{bname}@{z}' on the command line)."
+            )
+    return (
+        "Check that both files are the same contract and their time zones (suffix FILE@UTC+8 or funding_tz=)."
+    )
+
+
+def _looks_like_web_export(df: pd.DataFrame) -> bool:
+    cols = {_norm(c) for c in df.columns}
+    return "contracts" in cols or ("fundinginterval" in cols and "time" in cols)
+
+
 def load_funding(
     spec: str | os.PathLike | Sequence[str | os.PathLike] | pd.Series | pd.DataFrame, *, tz=None
 ) -> pd.Series:
@@ -597,14 +709,24 @@ def load_funding(
             Recognized layouts: Binance public data (``calc_time, funding_interval_hours, last_funding_rate``,
             with or without header), API dumps (``fundingTime, fundingRate``), the binance.com web export
             (``"Time","Contracts","Funding Interval","Funding Rate"`` with a BOM, newest first,
-            ``"0.010000%"``), or ``timestamp, funding_rate``.
+            ``"0.010000%"``), or ``timestamp, funding_rate``. A path may end in ``@<zone>`` to give that
+            file's time zone (``"web.csv@UTC+8"``), overriding ``tz`` for it.
         tz: time zone of naive time strings (the web export is in the downloader's local time, e.g.
-        ``"UTC+8"``
-            or ``"Asia/Shanghai"``). Epoch numbers are always UTC.
+            ``"UTC+8"`` or ``"Asia/Shanghai"``). Epoch numbers are always UTC.
+
+    Several files are merged: where their settlements overlap the rates must agree to
+    :data:`FUNDING_MERGE_ATOL` (else ``ValueError`` naming both files and the first disagreeing settlement,
+    and the time zone that would reconcile them when a whole-hour shift does).
+
+    Checks against silent time-zone errors: settlements mostly off the interval's grid (00/08/16 UTC) raise
+    ``ValueError`` naming the zone to pass; a binance.com web export (local time) read without any time zone
+    raises, asking for ``@UTC+8``/``tz=`` (``"UTC"`` if it really was exported in UTC). An 8 h offset maps
+    the 8 h grid onto itself, so that case is caught by the export check and by the overlap check.
 
     Returns:
         Series named ``funding_rate``; ``attrs["funding_interval_hours"]`` is the interval (from the file's
-        interval column, else the most common spacing) and ``attrs["source"]`` the file name(s).
+        interval column, else the most common spacing), ``attrs["source"]`` the file name(s) and
+        ``attrs["overlap_checked"]`` how many overlapping settlements of several files agreed.
 
     Raises:
         DataValidationError: unreadable time or rate (naming file, row and column), duplicate settlements.
@@ -615,29 +737,46 @@ def load_funding(
         frame = spec.rename("funding_rate").to_frame()
         parts = [_funding_from_frame(frame, name="funding Series", header_lines=-1, tz=tz)]
         names = ["funding Series"]
+        zones = [tz]
     elif isinstance(spec, pd.DataFrame):
         parts = [_funding_from_frame(spec, name="funding DataFrame", header_lines=-1, tz=tz)]
         names = ["funding DataFrame"]
+        zones = [tz]
     else:
-        names = _expand(spec, "funding")
+        items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+        names, zones = [], []
+        for item in items:
+            path, zone = split_tz_suffix(item)
+            for hit in _expand(path, "funding"):
+                names.append(hit)
+                zones.append(zone if zone is not None else tz)
         parts = []
-        for path in names:
+        for path, zone in zip(names, zones, strict=True):
             if _is_parquet(path):
-                parts.append(_funding_from_frame(pd.read_parquet(path), name=path, header_lines=-1, tz=tz))
+                df = pd.read_parquet(path)
+                header = -1
             else:
                 df, header = _read_csv(path, kind="funding")
-                parts.append(_funding_from_frame(df, name=path, header_lines=header, tz=tz))
-    series = pd.concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-    if len(parts) > 1:
-        series = series.sort_index(kind="stable")
-        dup = series.index.duplicated()
-        if dup.any():
-            raise ValueError(
-                f"funding: settlement {series.index[dup][0]} appears in more than one file "
-                f"({', '.join(names)}); "
-                "the files overlap: drop one of them"
-            )
+            if zone is None and _looks_like_web_export(df):
+                raise ValueError(
+                    f"{path}: this is a binance.com web export, whose times are in the downloader's local "
+                    "time zone; say which: e.g. funding=['" + path + "@UTC+8'] or funding_tz='UTC+8' in "
+                    "envs.loaders, --funding '" + path + "@UTC+8' on the command line ('@UTC' if it was "
+                    "exported in UTC)"
+                )
+            parts.append(_funding_from_frame(df, name=path, header_lines=header, tz=zone))
     intervals = [p[1] for p in parts if p[1] is not None]
+    for (ser, iv), name, zone in zip(parts, names, zones, strict=True):
+        if len(ser) >= 3:
+            d = np.diff(ser.index.as_unit("ns").asi8)
+            vals, counts = np.unique(d, return_counts=True)
+            spacing = float(vals[np.argmax(counts)]) / 3600 / _NS
+            _check_grid(ser, iv if iv is not None else spacing, name, zone is not None)
+    overlap = 0
+    if len(parts) > 1:
+        series, overlap = _merge_funding([p[0] for p in parts], names)
+    else:
+        series = parts[0][0]
     if intervals:
         interval = float(pd.Series(intervals).mode().iloc[0])
     elif len(series) >= 2:
@@ -655,8 +794,10 @@ def load_funding(
             UserWarning,
             stacklevel=2,
         )
+    series.name = "funding_rate"
     series.attrs["funding_interval_hours"] = interval
     series.attrs["source"] = ", ".join(names)
+    series.attrs["overlap_checked"] = overlap
     return series
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +44,7 @@ INFO_KEYS = (
     "slippage_paid",
     "turnover",
     "liquidated",
+    "bankrupt",
     "bar_index",
     "bad_debt",
     "trade_qty",
@@ -76,6 +78,27 @@ def resolve_market(market: MarketData | pd.DataFrame | str | os.PathLike | None)
     )
 
 
+def _split_funding(market: MarketData) -> tuple[list[float], list[float]]:
+    """Per-bar funding split into the part settled at the bar's open and the part settled later inside it.
+
+    Settlements are on the exchange's grid: multiples of ``funding_interval_hours`` since the epoch (00, 08,
+    16 UTC on Binance). On bars no longer than the interval every settlement falls on a bar open; a longer bar
+    (e.g. 1d) holds several, one of them at its open when the open is on the grid. The bar's summed rate is
+    shared equally among the grid instants inside it. A bar with funding but no grid instant inside (funding
+    off the grid) is charged at its open.
+    """
+    ts = market.timestamps
+    rate = market.funding_rate
+    grid = int(round(market.funding_interval_hours * 3600)) * 10**9
+    bar = market.bar_seconds * 10**9
+    on_grid = ts % grid == 0
+    # grid instants in [open, open + bar)
+    count = (ts + bar - 1) // grid - (ts - 1) // grid
+    frac = np.where(count > 0, on_grid / np.maximum(count, 1), 1.0)
+    at_open = rate * frac
+    return at_open.tolist(), (rate - at_open).tolist()
+
+
 class CryptoFuturesEnv(gym.Env):
     r"""Trade a USDT-margined (linear) perpetual future on historical or synthetic bars.
 
@@ -88,30 +111,50 @@ class CryptoFuturesEnv(gym.Env):
     price, realized and unrealized PnL, fees and funding, cross margin on the whole account (see
     `envs.contract`).
 
-    Order of events in step `t -> t+1` (default `fill_at="next_open"`):
+    Order of events in step `t -> t+1` (default `fill_at="next_open"`), exactly as `step` runs them:
 
-    1. target quantity `q* = a * leverage * equity_t / close_t` (`a` the action's target fraction); the order
-       `q* - position` is skipped if it moves the position by less than `deadband` of the maximum (a target of
-       exactly 0, i.e. going flat, is always honored), rounded toward zero to `lot_size`, dropped below
-       `min_qty`;
-    2. *gap check*: if bar `t+1` opens beyond the liquidation price of the position carried from `t`, the
-       position is liquidated at the open (worse than the liquidation price) and the order is not sent;
-    3. *fill* at `open_{t+1} * (1 ± (half_spread + impact))` (+ buys, - sells), impact
+    1. *order*: target quantity `q* = a * leverage * equity_t / close_t` (`a` the action's target fraction);
+       the order `q* - position` is skipped if it moves the position by less than `deadband` of the maximum
+       (a target of exactly 0, i.e. going flat, is always honored), rounded toward zero to `lot_size`, dropped
+       below `min_qty`;
+    2. *gap check* (before any fill): if bar `t+1` opens beyond the liquidation price of the position carried
+       from `t`, it is liquidated at the open (worse than the liquidation price), the order is not sent
+       (reported unfilled) and the episode ends;
+    3. *funding at the open*: a settlement at bar `t+1`'s open (every settlement, on bars of up to 8 h aligned
+       to the 00/08/16 UTC grid) is paid by the position held at that instant, the carried one:
+       `position * open_{t+1} * rate` (longs pay when the rate is positive). An order decided at `close_t`
+       fills just after it, so a position closed at that open pays and one opened there does not;
+    4. *margin trim*: an order that increases the position is cut (to the lot) so that after the fill the
+       initial margin `|position| * open_{t+1} / leverage` does not exceed the equity left after the fee,
+       spread and impact, and the notional stays within the brackets allowed at this leverage
+       (`MarginConfig.tiers` with a max-leverage column), as an exchange rejects what the margin does not
+       cover; the cut part is reported in `info["unfilled_qty"]`;
+    5. *fill* at `open_{t+1} * (1 ± (half_spread + impact))` (+ buys, - sells), impact
        `= impact_coef * sigma_t * sqrt(qty / volume_{t+1})` with `sigma_t` the EWMA volatility of log returns
        up to bar `t`; at most `max_participation * volume_{t+1}` fills (rounded down to the lot), the rest is
-       dropped and reported in `info["unfilled_qty"]`; taker fee on the filled notional;
-    4. *funding* if a settlement falls in bar `t+1`: the account pays `position * open_{t+1} * rate` (longs
-       pay when the rate is positive; the position is the one after the fill);
-    5. *liquidation* if the adverse extreme of bar `t+1` (low for a long, high for a short) reaches the
-       liquidation price (equity = maintenance margin): closed at the liquidation price, liquidation fee out
-       of what is left, equity floored at 0 with the excess loss in `info["bad_debt"]` (absorbed as by an
-       insurance fund);
-    6. *mark* at `close_{t+1}`.
+       dropped and reported in `info["unfilled_qty"]`; taker fee on the filled notional. A close that fills
+       beyond the bankruptcy price (spread, impact and fee larger than the equity left) leaves the wallet
+       negative: the shortfall is bad debt (`info["bad_debt"]`), the wallet 0, and the episode ends
+       (`info["bankrupt"]`);
+    6. *funding inside the bar* (only bars longer than the funding interval, e.g. 1d: the settlements after
+       the open, their share of the bar's summed rate) on the position after the fill, at the open's price;
+    7. *liquidation* if the adverse extreme of bar `t+1` (low for a long, high for a short) reaches the
+       liquidation price (equity = maintenance margin; with tiers, the bracket of the notional at the
+       liquidation price, Binance's rule): closed at the liquidation price (at the open if the fill left it
+       beyond already), liquidation fee out of what is left, any loss beyond the equity in `info["bad_debt"]`
+       (absorbed as by an insurance fund);
+    8. *mark* at `close_{t+1}`.
 
-    With `fill_at="next_close"` the carried position lives through bar `t+1` (gap check, funding, liquidation)
-    and the order fills at `close_{t+1}` instead. Filling at `close_t`, the price the agent has just seen, is
-    the look-ahead of many trading envs and is not offered. Liquidation uses the bar's traded high/low as a
-    conservative stand-in for the mark price (wicks of the last price are larger than the mark's).
+    With `fill_at="next_close"` the carried position lives through bar `t+1` — gap check (2), all its
+    funding (3, 6), liquidation on the extremes (7) — and then the order is trimmed (4) and filled (5) at
+    `close_{t+1}`, followed by a margin check at that close: a flat account with a negative wallet is bankrupt
+    (bad debt), a position at or beyond its liquidation price is liquidated at the close, so the loss lands in
+    the step that caused it. Filling at `close_t`, the price the agent has just seen, is the look-ahead of
+    many trading envs and is not offered. Liquidation uses the bar's traded high/low as a conservative
+    stand-in for the mark price (wicks of the last price are larger than the mark's). With a flat maintenance
+    rate (`tiers=None`) a `UserWarning` is given once per env when a position's notional passes
+    `MarginConfig.flat_rate_max_notional` (Binance's first bracket, 50,000 USDT), above which the real rate
+    is higher.
 
     ## Action Space
 
@@ -157,7 +200,8 @@ class CryptoFuturesEnv(gym.Env):
 
     ## Episode End
 
-    * Termination: the account is liquidated (`terminated=True`, `info["liquidated"]=True`); the step's reward
+    * Termination: the account is liquidated (`terminated=True`, `info["liquidated"]=True`) or bankrupt (a
+      fill beyond the bankruptcy price or nothing left: `info["bankrupt"]=True`, equity 0); the step's reward
       is the full loss.
     * Truncation: `episode_bars` steps done or the last bar of the data reached (`truncated=True`). Never
       both.
@@ -170,7 +214,8 @@ class CryptoFuturesEnv(gym.Env):
     Every `reset`/`step`: `equity, position` (base units, signed), `price` (close of `bar_index`),
     `realized_pnl, unrealized_pnl, fees_paid, funding_paid, slippage_paid, turnover` (cumulative, USDT;
     turnover = traded notional), `liquidated, bar_index` (last bar whose close the agent has seen),
-    `bad_debt`, `trade_qty` (filled this step, signed), `unfilled_qty` (dropped by the participation cap).
+    `bankrupt`, `bad_debt`, `trade_qty` (filled this step, signed), `unfilled_qty` (not filled this step: cut
+    by the margin trim or the participation cap, or not sent because of a liquidation).
     Always `equity == initial_balance + realized_pnl + unrealized_pnl - fees_paid - funding_paid`; spread and
     impact live inside the fill price (so inside the PnL) and `slippage_paid` reports them separately for
     information; bad debt is credited to `realized_pnl`.
@@ -178,7 +223,9 @@ class CryptoFuturesEnv(gym.Env):
     ## Arguments
 
     * `market`: `MarketData`, a DataFrame (UTC DatetimeIndex, OHLCV, optional `funding_rate`), a
-      name/path/spec for `envs.loaders.load_market`, or `None` (embedded BTCUSDT 1h bars).
+      name/path/spec for `envs.loaders.load_market`, or `None`: the embedded `btcusdt-1h` market, 29,303
+      Binance BTC/USDT **spot** hourly bars 2022-01-01 .. 2025-05-05 used as the perpetual's price proxy, with
+      the BTCUSDT perpetual's real funding settlements (see `envs/data/SOURCE.md`).
     * `window=32`: bars of features in the observation.
     * `episode_bars=720`: steps per episode (`None`: to the end of the data).
     * `initial_balance=10_000.0`: starting wallet in USDT.
@@ -306,7 +353,7 @@ class CryptoFuturesEnv(gym.Env):
         lists = self.features.lists
         self._open, self._high, self._low = lists["open"], lists["high"], lists["low"]
         self._close, self._volume = lists["close"], lists["volume"]
-        self._rate, self._sigma = lists["funding_rate"], lists["volatility"]
+        self._sigma = lists["volatility"]
         self._feat_flat = self.features.values.reshape(-1)
         self._obs_buf = np.zeros(obs_dim, dtype=np.float32)
         ex = self.execution
@@ -320,6 +367,10 @@ class CryptoFuturesEnv(gym.Env):
         self._fill_open = ex.fill_at == "next_open"
         self._liq_fee = margin.liquidation_fee_rate
         self._mmr = margin.maintenance_margin_rate if margin.tiers is None else None
+        self._max_notional = margin.max_notional
+        self._flat_max = margin.flat_rate_max_notional if margin.tiers is None else None
+        self._flat_warned = False
+        self._rate_open, self._rate_in = _split_funding(self.market)
         self._floor = _EQUITY_FLOOR * self.initial_balance
         self._reward_kind = REWARDS.index(reward)
 
@@ -393,15 +444,72 @@ class CryptoFuturesEnv(gym.Env):
         acct.position = round(acct.position / self._lot) * self._lot
         return qty, want - filled
 
-    def _liq_price(self, mark: float) -> float:
+    def _liq_price(self) -> float:
         acct = self._acct
         mmr = self._mmr
         if mmr is None:
-            return liquidation_price(acct.position, acct.entry_price, acct.balance, self.margin, mark)
+            return liquidation_price(acct.position, acct.entry_price, acct.balance, self.margin)
         pos = acct.position
         # Same formula as envs.contract.liquidation_price with a flat rate, inlined for speed.
         p = (acct.balance - pos * acct.entry_price) / (abs(pos) * mmr - pos)
         return p if p > 0.0 else 0.0
+
+    def _trim(self, qty: float, ref: float, volume: float, sigma: float) -> float:
+        """The part of an order the margin allows at the fill: as an exchange rejects an order whose initial
+        margin exceeds the equity, the post-fill initial margin ``|position| * ref / leverage`` may not exceed
+        the post-fill equity (after the fee and the spread/impact paid against ``ref``), and the notional may
+        not pass the cap of the brackets allowed at this leverage. Orders that only reduce the position pass;
+        a flip may always close the old position. Rounded down to the lot; below ``min_qty`` nothing is
+        sent."""
+        acct = self._acct
+        pos = acct.position
+        x = qty if qty > 0.0 else -qty
+        size = pos if pos > 0.0 else -pos
+        adding = pos * qty >= 0.0
+        if not adding and x <= size:
+            return qty  # reduce only
+        xi = x
+        cap = self._cap
+        if cap is not None and xi > cap * volume:
+            xi = cap * volume
+        # Cost per unit traded: spread + impact against ref, and the fee on the fill price. The impact of the
+        # largest fill the participation cap allows is an upper bound of the actual one.
+        slip = self._half_spread
+        if volume > 0.0:
+            slip += self._impact_coef * sigma * math.sqrt(xi / volume)
+        price = ref * (1.0 + slip) if qty > 0.0 else ref * (1.0 - slip)
+        unit_cost = ref * slip + price * self._taker
+        im = ref / self.leverage
+        equity = acct.balance + pos * (ref - acct.entry_price)
+        if adding:
+            xmax = (equity - size * im) / (im + unit_cost)
+            nmax = self._max_notional / ref - size
+        else:
+            xmax = (equity + size * im) / (im + unit_cost)
+            nmax = self._max_notional / ref + size
+        if nmax < xmax:
+            xmax = nmax
+        if xmax >= x:
+            return qty
+        if not adding and xmax < size:
+            xmax = size
+        lots = math.floor(xmax / self._lot + 1e-9) if xmax > 0.0 else 0
+        q = lots * self._lot
+        if q < self._min_qty:
+            return 0.0
+        return q if qty > 0.0 else -q
+
+    def _warn_flat_rate(self, notional: float) -> None:
+        self._flat_warned = True
+        warnings.warn(
+            f"CryptoFuturesEnv: a position notional of {notional:,.0f} USDT is above "
+            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) "
+            f"while a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
+            "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
+            "flat_rate_max_notional=None to silence this (said once per env).",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _observe(self, mark: float) -> np.ndarray:
         t1 = (self._t + 1) * self._n_feat
@@ -439,6 +547,7 @@ class CryptoFuturesEnv(gym.Env):
             "slippage_paid": acct.slippage_paid,
             "turnover": acct.turnover,
             "liquidated": liquidated,
+            "bankrupt": False,
             "bar_index": self._t,
             "bad_debt": acct.bad_debt,
             "trade_qty": trade_qty,
@@ -528,8 +637,11 @@ class CryptoFuturesEnv(gym.Env):
 
         o = self._open[j]
         c = self._close[j]
+        vol_j = self._volume[j]
+        sigma_t = self._sigma[t]
         mmr = self._mmr
         liquidated = False
+        bankrupt = False
         filled = 0.0
         unfilled = 0.0
         # 2. gap: the carried position may already be beyond its liquidation price at the open.
@@ -537,25 +649,47 @@ class CryptoFuturesEnv(gym.Env):
             if mmr is not None:
                 lp = (acct.balance - pos * acct.entry_price) / (abs(pos) * mmr - pos)
             else:
-                lp = self._liq_price(o)
+                lp = self._liq_price()
             if (o <= lp) if pos > 0.0 else (o >= lp):
                 acct.liquidate(o, self._liq_fee)
                 liquidated = True
+                unfilled = abs(qty)
         if not liquidated:
-            # 3. fill at the open.
-            if qty != 0.0 and self._fill_open:
-                filled, unfilled = self._execute(qty, o, self._volume[j], self._sigma[t])
-            # 4. funding at the settlement inside bar j, marked at its open.
-            pos = acct.position
+            # 3. funding settled at the bar's open is paid by the position held at that instant: the carried
+            # one (the order decided at bar t's close fills just after it).
             if pos != 0.0:
-                rate = self._rate[j]
+                rate = self._rate_open[j]
                 if rate != 0.0:
                     acct.pay_funding(o, rate)
-                # 5. liquidation on the adverse extreme (at the open if already beyond it).
+            if self._fill_open:
+                # 4. trim to the margin at the fill price, fill at the open.
+                if qty != 0.0:
+                    want = qty
+                    qty = self._trim(qty, o, vol_j, sigma_t)
+                    if qty != 0.0:
+                        filled, unfilled = self._execute(qty, o, vol_j, sigma_t)
+                    unfilled += abs(want) - abs(qty)
+                    if acct.position == 0.0 and acct.balance < 0.0:
+                        # A close filled beyond the bankruptcy price: the shortfall is bad debt; the account
+                        # is wiped out.
+                        acct.absorb_shortfall()
+                        bankrupt = True
+                pos = acct.position
+                # 5. settlements later inside the bar (bars longer than the funding grid) on the new position.
+                if pos != 0.0:
+                    rate = self._rate_in[j]
+                    if rate != 0.0:
+                        acct.pay_funding(o, rate)
+            elif pos != 0.0:
+                rate = self._rate_in[j]
+                if rate != 0.0:
+                    acct.pay_funding(o, rate)
+            # 6. liquidation on the adverse extreme (at the open if already beyond it).
+            if pos != 0.0:
                 if mmr is not None:
                     lp = (acct.balance - pos * acct.entry_price) / (abs(pos) * mmr - pos)
                 else:
-                    lp = self._liq_price(o)
+                    lp = self._liq_price()
                 if pos > 0.0:
                     if self._low[j] <= lp:
                         acct.liquidate(o if o <= lp else lp, self._liq_fee)
@@ -563,16 +697,44 @@ class CryptoFuturesEnv(gym.Env):
                 elif self._high[j] >= lp:
                     acct.liquidate(o if o >= lp else lp, self._liq_fee)
                     liquidated = True
-            if qty != 0.0 and not liquidated and not self._fill_open:
-                filled, unfilled = self._execute(qty, c, self._volume[j], self._sigma[t])
+            if qty != 0.0 and not self._fill_open:
+                if liquidated:
+                    unfilled = abs(qty)
+                else:
+                    # 4'. fill_at="next_close": trim and fill at the close, then check the margin there so
+                    # that a ruinous fill is booked in this step.
+                    want = qty
+                    qty = self._trim(qty, c, vol_j, sigma_t)
+                    if qty != 0.0:
+                        filled, unfilled = self._execute(qty, c, vol_j, sigma_t)
+                    unfilled += abs(want) - abs(qty)
+                    pos = acct.position
+                    if pos == 0.0:
+                        if acct.balance < 0.0:
+                            acct.absorb_shortfall()
+                            bankrupt = True
+                    else:
+                        if mmr is not None:
+                            lp = (acct.balance - pos * acct.entry_price) / (abs(pos) * mmr - pos)
+                        else:
+                            lp = self._liq_price()
+                        if (c <= lp) if pos > 0.0 else (c >= lp):
+                            acct.liquidate(c, self._liq_fee)
+                            liquidated = True
+            if self._flat_max is not None and not self._flat_warned and filled != 0.0:
+                notional = abs(acct.position) * o
+                if notional > self._flat_max:
+                    self._warn_flat_rate(notional)
 
-        # 6. mark at the close.
+        # 7. mark at the close.
         self._t = j
         pos = acct.position
         upnl = pos * (c - acct.entry_price)
         equity = acct.balance + upnl
-        if equity < 0.0:  # only float residue can get here (liquidation floors the balance at 0)
+        if equity < 0.0:  # only float residue can get here (liquidation and bankruptcy floor the wallet at 0)
             equity = 0.0
+        if equity <= 0.0 and not liquidated:
+            bankrupt = True  # nothing left to trade with: the episode ends
         self._equity = equity
         self._equity_curve.append(equity)
 
@@ -587,7 +749,8 @@ class CryptoFuturesEnv(gym.Env):
         else:
             reward = (equity - equity_t) / self.initial_balance
 
-        truncated = j >= self._end and not liquidated
+        terminated = liquidated or bankrupt
+        truncated = j >= self._end and not terminated
         info = {
             "equity": equity,
             "position": pos,
@@ -599,12 +762,13 @@ class CryptoFuturesEnv(gym.Env):
             "slippage_paid": acct.slippage_paid,
             "turnover": acct.turnover,
             "liquidated": liquidated,
+            "bankrupt": bankrupt,
             "bar_index": j,
             "bad_debt": acct.bad_debt,
             "trade_qty": filled,
             "unfilled_qty": unfilled,
         }
-        if liquidated or truncated:
+        if terminated or truncated:
             self._done = True
             info["episode_metrics"] = trade_metrics(
                 np.asarray(self._equity_curve),
@@ -615,7 +779,7 @@ class CryptoFuturesEnv(gym.Env):
                 liquidations=acct.liquidations,
             )
         self._last_info = info
-        return self._observe(c), reward, liquidated, truncated, info
+        return self._observe(c), reward, terminated, truncated, info
 
     def _differential_sharpe(self, equity: float, equity_prev: float) -> float:
         """Moody & Saffell's differential Sharpe ratio of the step's log return; updates the EWMA moments."""

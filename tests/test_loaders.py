@@ -71,11 +71,12 @@ def _assert_same_bars(m: MarketData, k: pd.DataFrame, *, unit: str = "ms") -> No
 # klines
 @pytest.mark.parametrize("header", [True, False])
 @pytest.mark.parametrize("unit", ["ms", "us"])
-def test_binance_klines_round_trip(tmp_path, header, unit):
+def test_binance_klines_round_trip(tmp_path, header, unit, caplog):
     k = _klines(50, unit=unit)
     p = _write(k, tmp_path / "BTCUSDT-1h-2024-01.csv", header=header)
-    with pytest.warns(UserWarning, match="no funding data"):
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = load_market(p)
+    assert any("no funding data" in r.getMessage() for r in caplog.records)
     _assert_same_bars(m, k, unit=unit)
     assert m.bar_seconds == 3600 and not m.has_funding and not m.funding_rate.any()
 
@@ -416,22 +417,24 @@ def test_file_mixed_interval_and_mixed_units(tmp_path):
     assert (e.value.row, e.value.column) == (5, "open_time")
 
 
-def test_fill_gaps_option_through_load_market(tmp_path):
+def test_fill_gaps_option_through_load_market(tmp_path, caplog):
     df = _generic(12).drop(index=[4, 5, 9]).reset_index(drop=True)
     p = _write(df, tmp_path / "g.csv")
     with pytest.raises(DataValidationError, match=r"2 gap\(s\).*3 missing"):
         load_market(p)
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
+    with pytest.raises(DataValidationError, match="--fill-gaps"):
+        load_market(p)
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = load_market(p, fill_gaps=True)
-    assert any("3 missing bar" in str(w.message) for w in rec)
+    assert any("3 missing bar" in r.getMessage() for r in caplog.records)
+    assert m.filled_bars == 3 and m.filled_times == tuple(int(x) for x in m.timestamps[[4, 5, 9]])
     assert len(m) == 12 and m.volume[4] == m.volume[5] == 0 and m.close[4] == m.close[3]
 
 
 # ----------------------------------------------------------------------------------------------- specs
 def test_spec_dispatch_and_errors(tmp_path):
-    assert len(load_market("btcusdt-1h")) == 999
-    with pytest.raises(ValueError, match="accepted: an embedded data set name \\('btcusdt-1h'\\).*synthetic"):
+    assert len(load_market("btcusdt-perp-1h-2025")) == 999
+    with pytest.raises(ValueError, match="accepted: an embedded data set name \\('btcusdt-1h'.*synthetic"):
         load_market("btcusdt-4h")
     with pytest.raises(ValueError, match="file not found"):
         load_market(str(tmp_path / "missing.csv"))
@@ -505,7 +508,7 @@ def test_raw_shared_files_load_to_the_embedded_market():
         raw = load_market(SHARED / "BTCUSDT_klines.csv", funding=SHARED / "BTCUSDT_funding.csv")
     from envs.market import load_embedded
 
-    emb = load_embedded()
+    emb = load_embedded("btcusdt-perp-1h-2025")
     assert len(raw) == 1000  # the raw file still has the forming last bar that the embedded set drops
     for c in ("timestamps", "open", "high", "low", "close", "volume", "funding_rate"):
         np.testing.assert_array_equal(getattr(raw, c)[:999], getattr(emb, c))
@@ -519,3 +522,102 @@ def test_raw_shared_files_load_to_the_embedded_market():
 def test_binance_columns_constant():
     assert BINANCE_KLINE_COLUMNS[:6] == ("open_time", "open", "high", "low", "close", "volume")
     assert len(BINANCE_KLINE_COLUMNS) == 12
+
+
+SPOT = SHARED.parent / "binance-btcusdt-spot-1h-2022-2025"
+
+
+@pytest.mark.skipif(not SPOT.is_dir(), reason="the team's raw data folder (../shared/data) is not here")
+def test_raw_spot_file_loads_with_fill_gaps_and_rebuilds_the_default_market(caplog):
+    with pytest.raises(DataValidationError, match="--fill-gaps"):
+        load_market(SPOT / "BTCUSDT_1h.csv")
+    with caplog.at_level("WARNING", logger="perpclip.data"):
+        raw = load_market(str(SPOT / "BTCUSDT_1h.csv"), fill_gaps=True)
+    assert len(raw) == 29_304 and raw.filled_bars == 1 and not raw.has_funding
+    from envs.data.build_default import build_default_market
+    from envs.market import load_embedded
+
+    built = build_default_market(SHARED.parent)
+    emb = load_embedded("btcusdt-1h")
+    assert built.filled_times == emb.filled_times
+    for c in ("timestamps", "open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(getattr(built, c), getattr(emb, c))
+    np.testing.assert_allclose(built.funding_rate, emb.funding_rate, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------------------------------ funding time zones
+
+
+def _api_funding(path, start="2024-01-01 00:00", n=9, tz_hours=0, rate0=1e-4):
+    times = pd.date_range(start, periods=n, freq="8h") + pd.Timedelta(hours=tz_hours)
+    rates = rate0 + 1e-6 * np.arange(n)
+    pd.DataFrame({"fundingTime": times.strftime("%Y-%m-%d %H:%M:%S"), "fundingRate": rates}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_funding_files_merge_when_their_overlap_agrees(tmp_path):
+    a = _api_funding(tmp_path / "a.csv", n=9)
+    b = _api_funding(tmp_path / "b.csv", start="2024-01-02 00:00", n=9, rate0=1e-4 + 3e-6)  # overlaps 6
+    s = load_funding([a, b])
+    assert len(s) == 12 and s.attrs["overlap_checked"] == 6 and s.index.is_monotonic_increasing
+    assert s.iloc[-1] == pytest.approx(1e-4 + 3e-6 + 8e-6)
+
+
+def test_funding_files_that_disagree_name_both_files_and_the_settlement(tmp_path):
+    a = _api_funding(tmp_path / "a.csv", n=9)
+    b = _api_funding(tmp_path / "b.csv", start="2024-01-02 00:00", n=6, rate0=2e-4)
+    with pytest.raises(ValueError, match=r"a\.csv and .*b\.csv disagree at settlement 2024-01-02 00:00:00"):
+        load_funding([a, b])
+
+
+def test_funding_file_in_local_time_is_named_by_the_merge_and_fixed_by_the_suffix(tmp_path):
+    utc = _api_funding(tmp_path / "utc.csv", n=12)
+    local = _api_funding(tmp_path / "local.csv", n=12, tz_hours=8)  # same settlements written in UTC+8
+    with pytest.raises(ValueError, match=r"read in UTC\+8: pass '.*local\.csv@UTC\+8'"):
+        load_funding([utc, local])
+    s = load_funding([utc, f"{local}@UTC+8"])
+    assert len(s) == 12 and s.attrs["overlap_checked"] == 12
+    # funding_tz= applies to every file without a suffix; the suffix wins.
+    s2 = load_funding([f"{utc}@UTC", local], tz="UTC+8")
+    pd.testing.assert_series_equal(s, s2, check_exact=False)
+
+
+def test_funding_off_the_8h_grid_raises_with_the_zone_to_pass(tmp_path):
+    p = _api_funding(tmp_path / "ny.csv", n=9, tz_hours=-5)  # UTC-5 local times read as UTC
+    with pytest.raises(
+        ValueError, match=r"off the exchange's 8 h grid.*funding_tz='UTC\+3'.*--funding.*'UTC-5'"
+    ):
+        load_funding(p)
+    assert len(load_funding(p, tz="UTC-5")) == 9
+    assert load_funding(f"{p}@UTC-5").index[0] == pd.Timestamp("2024-01-01 00:00", tz="UTC")
+
+
+def test_web_export_without_a_time_zone_is_refused(tmp_path):
+    p = tmp_path / "Binance Funding Rate History_BTCUSDT.csv"
+    p.write_bytes(REAL_WEB_EXPORT.encode("utf-8"))
+    with pytest.raises(ValueError, match=r"web export.*local time.*@UTC\+8"):
+        load_funding(p)
+    assert len(load_funding(f"{p}@UTC+8")) == 6
+
+
+def test_load_market_takes_per_file_funding_zones(tmp_path):
+    idx = pd.date_range("2024-01-01", periods=72, freq="1h")
+    bars = pd.DataFrame(
+        {
+            "timestamp": idx.strftime("%Y-%m-%d %H:%M:%S"),
+            "open": 100.0,
+            "high": 101.0,
+            "low": 99.0,
+            "close": 100.0,
+            "volume": 5.0,
+        }
+    )
+    pb = tmp_path / "bars.csv"
+    bars.to_csv(pb, index=False)
+    utc = _api_funding(tmp_path / "utc.csv", n=6)
+    local = _api_funding(tmp_path / "local.csv", start="2024-01-02 00:00", n=6, tz_hours=8, rate0=1e-4 + 3e-6)
+    m = load_market(pb, funding=[utc, f"{local}@UTC+8"])
+    nz = np.flatnonzero(m.funding_rate)
+    assert len(nz) == 9 and set(m.index[nz].hour) == {0, 8, 16}

@@ -90,7 +90,7 @@ def test_slice_is_a_view_and_checks_bounds():
 def test_embedded_loads_fast_with_funding():
     load_embedded.cache_clear()
     t = time.perf_counter()
-    m = load_embedded("btcusdt-1h")
+    m = load_embedded("btcusdt-perp-1h-2025")
     elapsed = time.perf_counter() - t
     assert len(m) == 999 and m.bar_seconds == 3600 and m.has_funding
     # 124 settlements fall inside the 999 bars (SOURCE.md), each on a bar opening at 00, 08 or 16 UTC.
@@ -98,6 +98,26 @@ def test_embedded_loads_fast_with_funding():
     assert len(nz) == 124
     assert set(m.index[nz].hour) <= {0, 8, 16}
     assert elapsed < 1.0  # generous bound for a loaded CI box; typically ~15 ms
+    assert load_embedded("btcusdt-perp-1h-2025") is m  # cached: many envs share one load
+
+
+def test_default_market_is_spot_2022_2025_with_real_funding():
+    m = load_embedded("btcusdt-1h")
+    assert len(load_embedded()) == len(m)
+    assert len(m) == 29_303 and m.bar_seconds == 3600 and m.has_funding
+    assert m.index[0] == pd.Timestamp("2022-01-01 00:00", tz="UTC")
+    assert m.index[-1] == pd.Timestamp("2025-05-05 22:00", tz="UTC")  # the forming 23:00 bar is dropped
+    assert (np.diff(m.timestamps) == 3600 * 10**9).all()
+    # The 2023-03-24 outage: 12:00 is a flat zero-volume bar of the file, 13:00 was missing and is filled.
+    i = int(np.flatnonzero(m.index == pd.Timestamp("2023-03-24 13:00", tz="UTC"))[0])
+    assert m.filled_bars == 1 and m.filled_times == (int(m.timestamps[i]),)
+    assert m.volume[i] == 0 and m.open[i] == m.high[i] == m.low[i] == m.close[i] == m.close[i - 1] == 28080.0
+    # Funding: one settlement every 8 h on the 00/08/16 UTC grid, non-zero, 1221 days * 3.
+    nz = np.flatnonzero(m.funding_rate)
+    assert len(nz) == 3663 and set(m.index[nz].hour) == {0, 8, 16}
+    assert (np.diff(m.timestamps[nz]) == 8 * 3600 * 10**9).all()
+    assert 0 < np.mean(m.funding_rate[nz]) < 5e-4
+    assert "SPOT" in m.source and "proxy" in m.source and "perpetual" in m.source
     assert load_embedded("btcusdt-1h") is m  # cached: many envs share one load
 
 
@@ -172,14 +192,21 @@ def test_time_errors_name_row(make_index, fragment, row):
     assert e.value.row == row and e.value.column == "timestamp"
 
 
-def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them():
+def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them(caplog):
     df = _frame(10)
     df = df.drop(df.index[[3, 4, 7]])  # two gaps, three missing bars
-    with pytest.raises(DataValidationError, match=r"2 gap\(s\).*3 missing bar\(s\).*fill_gaps=True"):
+    match = r"2 gap\(s\).*3 missing bar\(s\).*fill_gaps=True \(library\) / --fill-gaps \(command line\)"
+    with pytest.raises(DataValidationError, match=match):
         MarketData.from_frame(df, funding=_zero_funding(df))
-    with pytest.warns(UserWarning, match=r"2 gap\(s\) totalling 3 missing bar"):
+    with caplog.at_level("WARNING", logger="perpclip.data"):
         m = MarketData.from_frame(df, fill_gaps=True, funding=_zero_funding(df))
-    assert len(m) == 10
+    assert [r.getMessage() for r in caplog.records if "2 gap(s) totalling 3 missing bar" in r.getMessage()]
+    assert len(m) == 10 and m.filled_bars == 3
+    assert m.filled_times == tuple(int(x) for x in m.timestamps[[3, 4, 7]])
+    assert m.slice(0, 5).filled_bars == 2 and m.slice(5, 10).filled_bars == 1
+    import pickle
+
+    assert pickle.loads(pickle.dumps(m)).filled_bars == 3
     filled = [3, 4, 7]
     for i in filled:
         prev = m.close[i - 1]
@@ -189,15 +216,16 @@ def test_gap_error_counts_missing_bars_and_fill_gaps_fills_them():
     np.testing.assert_array_equal(m.close[kept], df["close"].to_numpy())
 
 
-def test_no_funding_is_said_once(monkeypatch):
+def test_no_funding_is_said_once_in_one_clean_line(monkeypatch, caplog, capsys):
     monkeypatch.setattr(market_mod, "_SAID", set())
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        m1 = MarketData.from_frame(_frame())
-        MarketData.from_frame(_frame(seed=1))
-        MarketData.from_frame(_frame(seed=2))
-    said = [w for w in rec if "no funding data" in str(w.message)]
-    assert len(said) == 1 and "zero" in str(said[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a notice, not a Python warning with a source line
+        with caplog.at_level("WARNING", logger="perpclip.data"):
+            m1 = MarketData.from_frame(_frame())
+            MarketData.from_frame(_frame(seed=1))
+            MarketData.from_frame(_frame(seed=2))
+    said = [r.getMessage() for r in caplog.records if "no funding data" in r.getMessage()]
+    assert len(said) == 1 and "zero" in said[0] and "--funding" in said[0] and "\n" not in said[0]
     assert not m1.has_funding and not m1.funding_rate.any()
 
 

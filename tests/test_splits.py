@@ -36,7 +36,7 @@ def test_time_split_is_ordered_and_disjoint(n, val, test, gap):
 
 
 def test_date_split_on_market():
-    m = load_embedded()
+    m = load_embedded("btcusdt-perp-1h-2025")
     s = time_split(m, val="2025-06-01", test="2025-06-10")
     assert m.index[s["val"][0]] == pd.Timestamp("2025-06-01", tz="UTC")
     assert m.index[s["test"][0]] == pd.Timestamp("2025-06-10", tz="UTC")
@@ -55,7 +55,7 @@ def test_split_errors():
     with pytest.raises(ValueError, match="fraction must be in \\[0, 1\\)"):
         time_split(10, val=1.5)
     with pytest.raises(ValueError, match="both as dates"):
-        time_split(load_embedded(), val="2025-06-01", test=0.1)
+        time_split(load_embedded("btcusdt-perp-1h-2025"), val="2025-06-01", test=0.1)
 
 
 def test_walk_forward_examples():
