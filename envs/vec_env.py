@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,11 @@ STATE_INFO_KEYS = (
     "bad_debt",
     "bar_index",
 )
-_FLOW_INFO_KEYS = ("liquidated", "trade_qty", "unfilled_qty")
-assert set(STATE_INFO_KEYS) | set(_FLOW_INFO_KEYS) == set(INFO_KEYS)  # import-time consistency check
+_FLOW_INFO_KEYS = ("liquidated", "bankrupt", "trade_qty", "unfilled_qty")
+if set(STATE_INFO_KEYS) | set(_FLOW_INFO_KEYS) != set(INFO_KEYS):  # the single env grew an info key
+    raise ImportError(
+        f"envs.vec_env does not know the single env's info keys {set(INFO_KEYS) - set(STATE_INFO_KEYS) - set(_FLOW_INFO_KEYS)}"
+    )
 
 
 class CryptoFuturesVecEnv(VectorEnv):
@@ -183,8 +187,12 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._dry_bars = bool((self._v <= 0.0).any())
         # Column j: what step t -> j = t + 1 reads, gathered in one take.
         prev = np.r_[0, np.arange(len(self._c) - 1)]
+        rate_open = np.asarray(proto._rate_open, dtype=np.float64)
+        rate_in = np.asarray(proto._rate_in, dtype=np.float64)
+        self._has_rate_in = bool(rate_in.any())
         self._mkt = np.stack(
-            [self._o, self._h, self._l, self._c, self._v, self._v_safe, self._r, self._c[prev], self._s[prev]],
+            [self._o, self._h, self._l, self._c, self._v, self._v_safe, rate_open, rate_in, self._c[prev]]
+            + [self._s[prev]],
             axis=1,
         )
         # Row k of the window matrix is the flattened feature rows k .. k + window - 1 (the single env's
@@ -217,11 +225,14 @@ class CryptoFuturesVecEnv(VectorEnv):
             self._tier_caps = None
             self._mmr = mg.maintenance_margin_rate
         else:
-            self._tier_caps = np.array([t[0] for t in mg.tiers], dtype=np.float64)
+            self._tier_caps = np.array([t[0] for t in mg.tiers], dtype=np.float64)  # tiers may carry a 4th entry
             self._tier_mmr = np.array([t[1] for t in mg.tiers], dtype=np.float64)
             self._tier_amt = np.array([t[2] for t in mg.tiers], dtype=np.float64)
             self._mmr = None
         self._floor = proto._floor
+        self._max_notional = mg.max_notional
+        self._flat_max = proto._flat_max
+        self._flat_warned = False
         self._ppy = periods_per_year(self.market.bar_seconds)
         self._reward_kind = proto._reward_kind
 
@@ -292,18 +303,82 @@ class CryptoFuturesVecEnv(VectorEnv):
         np.minimum(k, len(self._tier_caps) - 1, out=k)
         return self._tier_mmr[k], self._tier_amt[k]
 
-    def _liq_prices(
-        self, pos: np.ndarray, entry: np.ndarray, bal: np.ndarray, mark: np.ndarray
-    ) -> np.ndarray:
-        """``envs.contract.liquidation_price`` per entry (NaN for flat accounts; never compared true)."""
+    def _liq_prices(self, pos: np.ndarray, entry: np.ndarray, bal: np.ndarray) -> np.ndarray:
+        """The single env's liquidation price per entry (NaN for flat accounts, which compares false).
+
+        Flat rate: the step's inlined formula. Tiers: ``envs.contract.liquidation_price``, the bracket of the
+        notional at the liquidation price itself (the first bracket whose solution lies inside it).
+        """
         if self._mmr is not None:
             num = bal - pos * entry
             den = np.abs(pos) * self._mmr - pos
-        else:
-            mmr, amt = self._brackets(np.abs(pos) * mark)
-            num = bal + amt - pos * entry
-            den = np.abs(pos) * mmr - pos
-        return num / den
+            return num / den
+        size = np.abs(pos)
+        out = np.full(pos.shape, np.nan)
+        todo = pos != 0.0
+        lo = 0.0
+        p = out
+        for cap, mmr, amt in zip(self._tier_caps, self._tier_mmr, self._tier_amt, strict=True):
+            p = (bal + amt - pos * entry) / (size * mmr - pos)
+            p[p <= 0.0] = 0.0
+            notional = size * p
+            inside = todo & (lo <= notional) & (notional <= cap)
+            out[inside] = p[inside]
+            todo &= ~inside
+            lo = cap
+        out[todo] = p[todo]  # the last bracket covers every notional above its predecessors' caps
+        return out
+
+    def _absorb(self, idx: np.ndarray) -> None:
+        """``Account.absorb_shortfall`` for the flat sub-envs ``idx`` whose wallet went negative."""
+        bad = -self._bal[idx]
+        self._real[idx] += bad
+        self._bad[idx] += bad
+        self._bal[idx] = 0.0
+
+    def _trim(
+        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, sigma: np.ndarray
+    ) -> np.ndarray:
+        """The single env's ``_trim`` per entry: the part of each order the margin allows at the fill."""
+        x = np.abs(qty)
+        pos = self._pos
+        size = np.abs(pos)
+        adding = (pos * qty) >= 0.0
+        reduce_only = ~adding & (x <= size)
+        xi = x if self._cap is None else np.minimum(x, self._cap * vol)
+        slip = np.sqrt(xi / vol_safe)
+        slip *= self._impact * sigma
+        if self._dry_bars:
+            slip[vol <= 0.0] = 0.0
+        slip += self._hs
+        price = np.where(qty > 0.0, ref * (1.0 + slip), ref * (1.0 - slip))
+        unit_cost = ref * slip
+        price *= self._taker
+        unit_cost += price
+        im = ref / self.leverage
+        equity = ref - self._entry
+        equity *= pos
+        equity += self._bal
+        held = size * im
+        xmax = np.where(adding, equity - held, equity + held)
+        im += unit_cost
+        xmax /= im
+        if math.isfinite(self._max_notional):
+            room = self._max_notional / ref
+            np.minimum(xmax, np.where(adding, room - size, room + size), out=xmax)
+        ok = reduce_only | (xmax >= x)
+        if ok.all():
+            return qty
+        keep = ~adding & (xmax < size)
+        xmax[keep] = size[keep]
+        lots = xmax / self._lot
+        lots += 1e-9
+        np.floor(lots, out=lots)
+        lots[~(xmax > 0.0)] = 0.0
+        q = lots * self._lot
+        q[q < self._min_qty] = 0.0
+        np.copysign(q, qty, out=q)
+        return np.where(ok, qty, q)
 
     def _liquidate(self, idx: np.ndarray, price: np.ndarray) -> None:
         """``Account.liquidate`` for the sub-envs ``idx`` at ``price`` (per entry)."""
@@ -402,6 +477,18 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._turn += notional
         return q, unfilled
 
+    def _warn_flat_rate(self, notional: float) -> None:
+        self._flat_warned = True
+        warnings.warn(
+            f"CryptoFuturesVecEnv: a position notional of {notional:,.0f} USDT is above "
+            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) "
+            f"while a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
+            "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
+            "flat_rate_max_notional=None to silence this (said once per vector env).",
+            UserWarning,
+            stacklevel=4,
+        )
+
     def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
         """Observations of all sub-envs (or of ``idx``) from the current state; a fresh float32 array."""
         if idx is None:
@@ -441,7 +528,9 @@ class CryptoFuturesVecEnv(VectorEnv):
         obs[:, wl:] = acc.T
         return obs
 
-    def _infos(self, liquidated: np.ndarray, trade: np.ndarray, unfilled: np.ndarray) -> dict[str, Any]:
+    def _infos(
+        self, liquidated: np.ndarray, bankrupt: np.ndarray, trade: np.ndarray, unfilled: np.ndarray
+    ) -> dict[str, Any]:
         t = self._t
         mark = self._c[t]
         vals = {
@@ -455,6 +544,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             "slippage_paid": self._slip.copy(),
             "turnover": self._turn.copy(),
             "liquidated": liquidated,
+            "bankrupt": bankrupt,
             "bar_index": t.copy(),
             "bad_debt": self._bad.copy(),
             "trade_qty": trade,
@@ -538,7 +628,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._reset_envs(slice(None), starts)
         self._started = True
         zeros = np.zeros(n)
-        return self._observe(), self._infos(np.zeros(n, dtype=bool), zeros, zeros.copy())
+        no = np.zeros(n, dtype=bool)
+        return self._observe(), self._infos(no, no.copy(), zeros, zeros.copy())
 
     def step(
         self, actions: Any
@@ -562,8 +653,11 @@ class CryptoFuturesVecEnv(VectorEnv):
         bal = self._bal
         equity_t = self._eq  # replaced (not mutated) below
         # One gather for the bar data: rows of self._mkt are open, high, low, close, volume, volume with
-        # zeros replaced, funding rate of bar j, then close and volatility of bar j - 1 = t.
-        o, hi, lo, c, vol, vol_safe, rate, close_t, sigma = np.take(self._mkt, j, axis=0, mode="clip").T
+        # zeros replaced, funding settled at bar j's open and later inside it, then close and volatility of
+        # bar j - 1 = t.
+        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, sigma = np.take(
+            self._mkt, j, axis=0, mode="clip"
+        ).T
 
         # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
         max_notional = self.leverage * equity_t
@@ -586,29 +680,48 @@ class CryptoFuturesVecEnv(VectorEnv):
         trade &= np.abs(qty) >= self._min_qty
         qty *= trade
 
-        liquidated = np.zeros(self.num_envs, dtype=bool)
-        # 2. gap: the carried position may open beyond its liquidation price ((o - lp) * pos <= 0 is
-        # "o <= lp" for a long and "o >= lp" for a short).
-        lp = self._liq_prices(pos, entry, bal, o)
+        n = self.num_envs
+        liquidated = np.zeros(n, dtype=bool)
+        bankrupt = np.zeros(n, dtype=bool)
+        # 2. gap, before any fill: the carried position may open beyond its liquidation price
+        # ((o - lp) * pos <= 0 is "o <= lp" for a long and "o >= lp" for a short); the order is not sent.
+        lp = self._liq_prices(pos, entry, bal)
         beyond = o - lp
         beyond *= pos
         gap = beyond <= 0.0
-        if gap.any():
-            idx = np.flatnonzero(gap)
-            self._liquidate(idx, o[idx])
-            liquidated[idx] = True
-            qty[idx] = 0.0
+        gap_idx = np.flatnonzero(gap) if gap.any() else None
+        if gap_idx is not None:
+            self._liquidate(gap_idx, o[gap_idx])
+            liquidated[gap_idx] = True
+            not_sent = np.abs(qty[gap_idx])
+            qty[gap_idx] = 0.0
 
-        # 3. fill at the open.
-        if self._fill_open:
-            filled, unfilled = self._execute(qty, o, vol, vol_safe, sigma)
-        # 4. funding on the position after the fill, marked at the open (0 where flat or no settlement).
+        # 3. funding settled at the open, paid by the carried position (0 where flat or no settlement).
         pay = pos * o
         pay *= rate
         self._fund += pay
         bal -= pay
-        # 5. liquidation on the adverse extreme of the bar (at the open if already beyond it).
-        lp = self._liq_prices(pos, entry, bal, o)
+        if self._fill_open:
+            # 4.-5. trim to the margin at the fill price, fill at the open; a close beyond the bankruptcy
+            # price leaves a flat account with a negative wallet: bad debt, the episode ends.
+            sent = qty
+            qty = self._trim(sent, o, vol, vol_safe, sigma)
+            filled, unfilled = self._execute(qty, o, vol, vol_safe, sigma)
+            unfilled += np.abs(sent) - np.abs(qty)
+            broke = bal < 0.0
+            broke &= pos == 0.0
+            broke &= sent != 0.0
+            if broke.any():
+                idx = np.flatnonzero(broke)
+                self._absorb(idx)
+                bankrupt[idx] = True
+        if self._has_rate_in:  # settlements later inside long bars, on the position held then
+            pay = pos * o
+            pay *= rate_in
+            self._fund += pay
+            bal -= pay
+        # 6. liquidation on the adverse extreme of the bar (at the open if already beyond it).
+        lp = self._liq_prices(pos, entry, bal)
         beyond = np.where(pos > 0.0, lo, hi)
         beyond -= lp
         beyond *= pos
@@ -621,8 +734,36 @@ class CryptoFuturesVecEnv(VectorEnv):
             self._liquidate(idx, px)
             liquidated[idx] = True
         if not self._fill_open:
-            qty[liquidated] = 0.0
+            # 4'. fill_at="next_close": orders of liquidated accounts are not sent; the others are trimmed and
+            # filled at the close, then the margin is checked there.
+            lost = np.abs(qty) * liquidated
+            sent = qty * ~liquidated
+            qty = self._trim(sent, c, vol, vol_safe, sigma)
             filled, unfilled = self._execute(qty, c, vol, vol_safe, sigma)
+            unfilled += np.abs(sent) - np.abs(qty)
+            unfilled += lost
+            check = sent != 0.0
+            if check.any():
+                broke = check & (pos == 0.0) & (bal < 0.0)
+                if broke.any():
+                    idx = np.flatnonzero(broke)
+                    self._absorb(idx)
+                    bankrupt[idx] = True
+                lp = self._liq_prices(pos, entry, bal)
+                beyond = c - lp
+                beyond *= pos
+                closing = check & (beyond <= 0.0)
+                if closing.any():
+                    idx = np.flatnonzero(closing)
+                    self._liquidate(idx, c[idx])
+                    liquidated[idx] = True
+        if gap_idx is not None:
+            unfilled[gap_idx] = not_sent
+        if self._flat_max is not None and not self._flat_warned:
+            big = np.abs(pos) * o > self._flat_max
+            big &= filled != 0.0
+            if big.any():
+                self._warn_flat_rate(float(np.abs(pos[big][0]) * o[big][0]))
 
         # 6. mark at the close.
         t += 1
@@ -631,6 +772,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         eq += bal
         np.maximum(eq, 0.0, out=eq)
         self._eq = eq
+        bankrupt |= eq <= 0.0  # nothing left to trade with (liquidations are reported as such)
+        bankrupt &= ~liquidated
 
         floor = self._floor
         kind = self._reward_kind
@@ -644,16 +787,22 @@ class CryptoFuturesVecEnv(VectorEnv):
             reward = eq - equity_t
             reward /= self.initial_balance
 
+        terminated = liquidated | bankrupt
         truncated = t >= self._end
-        truncated &= ~liquidated
-        terminated = liquidated
+        truncated &= ~terminated
         g = self._g = self._g + 1
         if self._hist is not None:
             self._hist[g % self._ring] = eq
         done = terminated | truncated
         if not done.any():
-            return self._observe(), reward, terminated, truncated, self._infos(liquidated, filled, unfilled)
-        return self._autoreset(done, reward, terminated, truncated, filled, unfilled)
+            return (
+                self._observe(),
+                reward,
+                terminated,
+                truncated,
+                self._infos(liquidated, bankrupt, filled, unfilled),
+            )
+        return self._autoreset(done, reward, terminated, truncated, liquidated, bankrupt, filled, unfilled)
 
     def _autoreset(
         self,
@@ -661,14 +810,15 @@ class CryptoFuturesVecEnv(VectorEnv):
         reward: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        liquidated: np.ndarray,
+        bankrupt: np.ndarray,
         filled: np.ndarray,
         unfilled: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """SAME_STEP autoreset: report the finished episodes in final_obs / final_info, then restart them."""
-        liquidated = terminated
         idx = np.flatnonzero(done)
         final_obs_rows = self._observe(idx)
-        final = self._infos(liquidated, filled, unfilled)
+        final = self._infos(liquidated, bankrupt, filled, unfilled)
         final_info: dict[str, Any] = {}
         for key in INFO_KEYS:
             v = final[key]
@@ -684,7 +834,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._reset_envs(idx, self._draw_starts(idx.size))
         filled = np.where(done, 0.0, filled)
         unfilled = np.where(done, 0.0, unfilled)
-        infos = self._infos(liquidated & ~done, filled, unfilled)
+        keep = ~done
+        infos = self._infos(liquidated & keep, bankrupt & keep, filled, unfilled)
         infos["final_obs"] = final_obs
         infos["_final_obs"] = done
         infos["final_info"] = final_info

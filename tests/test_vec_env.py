@@ -16,7 +16,9 @@ from envs.vec_env import CryptoFuturesVecEnv
 SPIKY = "synthetic:jump:n_bars=1500,seed=7,vol=0.9,jump_intensity=600,jump_std=0.09"
 N = 12
 EPISODE = 60
+# Brackets (cap, mmr, maintenance amount[, max leverage]); with the 4th column, 5x may only reach 40,000 USDT.
 TIERS = ((2_000.0, 0.004, 0.0), (20_000.0, 0.01, 12.0), (1e12, 0.05, 792.0))
+TIERS_LEV = ((20_000.0, 0.004, 0.0, 125.0), (40_000.0, 0.01, 120.0, 10.0), (1e12, 0.05, 1_720.0, 4.0))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def spiky():
     return MarketData.from_frame(df)
 
 
-def _kwargs(market, action, fill_at, reward, tiers):
+def _kwargs(market, action, fill_at, reward, tiers, impact=1.5):
     return dict(
         market=market,
         window=6,
@@ -44,15 +46,15 @@ def _kwargs(market, action, fill_at, reward, tiers):
         reward=reward,
         execution=ExecutionConfig(
             taker_fee=0.0006,
-            half_spread_bps=2.0,
-            impact_coef=1.5,
+            half_spread_bps=2.0 if impact < 10 else 2_500.0,
+            impact_coef=impact,
             deadband=0.05,
             max_participation=0.0003,
             lot_size=0.001,
             min_qty=0.002,
             fill_at=fill_at,
         ),
-        margin=MarginConfig(leverage=5.0, tiers=tiers) if tiers else MarginConfig(leverage=5.0),
+        margin=MarginConfig(leverage=5.0, tiers=tiers, flat_rate_max_notional=None),
     )
 
 
@@ -70,16 +72,21 @@ def _assert_close(x, y, what):
 
 
 @pytest.mark.parametrize(
-    ("action", "fill_at", "reward", "tiers"),
+    ("action", "fill_at", "reward", "tiers", "impact"),
     [
-        ("continuous", "next_open", "log_return", None),
-        ("discrete", "next_open", "differential_sharpe", TIERS),
-        ("continuous", "next_close", "pnl", TIERS),
-        ("discrete", "next_close", "log_return", None),
+        ("continuous", "next_open", "log_return", None, 1.5),
+        ("discrete", "next_open", "differential_sharpe", TIERS, 1.5),
+        ("continuous", "next_close", "pnl", TIERS, 1.5),
+        ("discrete", "next_close", "log_return", TIERS_LEV, 1.5),
+        ("continuous", "next_open", "pnl", TIERS_LEV, 1.5),
+        # Ruinous costs (25 % half-spread, huge impact): the margin trim still lets an order open, and closing it
+        # costs more than the equity left, the bankruptcy path.
+        ("continuous", "next_open", "log_return", None, 40.0),
+        ("discrete", "next_close", "log_return", None, 40.0),
     ],
 )
-def test_vec_env_equals_single_envs_step_for_step(spiky, action, fill_at, reward, tiers):
-    kw = _kwargs(spiky, action, fill_at, reward, tiers)
+def test_vec_env_equals_single_envs_step_for_step(spiky, action, fill_at, reward, tiers, impact):
+    kw = _kwargs(spiky, action, fill_at, reward, tiers, impact)
     vec = CryptoFuturesVecEnv(num_envs=N, **kw)
     singles = [CryptoFuturesEnv(**kw) for _ in range(N)]
     rng = np.random.default_rng(1)
@@ -92,15 +99,19 @@ def test_vec_env_equals_single_envs_step_for_step(spiky, action, fill_at, reward
             _assert_close(infos[k][i], info[k], f"reset info {k} env {i}")
     steps = 300
     acts = _actions(rng, action, steps)
-    n_liq = n_trunc = n_bad_debt = n_partial = 0
+    n_liq = n_trunc = n_bad_debt = n_partial = n_bankrupt = 0
     for s in range(steps):
-        obs, rew, term, trunc, infos = vec.step(acts[s])
+        # Close accounts near their liquidation price (margin ratio, the last observation entry, above 0.4): with
+        # ruinous costs the close lands beyond the bankruptcy price.
+        step_acts = acts[s].copy()
+        step_acts[obs[:, -1] > 0.4] = 0.0 if action == "continuous" else 2
+        obs, rew, term, trunc, infos = vec.step(step_acts)
         assert obs.dtype == np.float32 and rew.dtype == np.float64
         assert term.dtype == bool and trunc.dtype == bool
         want_obs, want_rew, want_term, want_trunc = [], [], [], []
         want_info = {k: [] for k in INFO_KEYS}
         for i, env in enumerate(singles):
-            a = acts[s, i] if action == "continuous" else int(acts[s, i])
+            a = step_acts[i] if action == "continuous" else int(step_acts[i])
             o, r, te, tr, info = env.step(a)
             want_rew.append(r)
             want_term.append(te)
@@ -114,7 +125,8 @@ def test_vec_env_equals_single_envs_step_for_step(spiky, action, fill_at, reward
                     _assert_close(fi[k][i], info[k], f"final info {k} {where}")
                 for k, v in info["episode_metrics"].items():
                     _assert_close(fi["episode_metrics"][k][i], v, f"episode metric {k} {where}")
-                n_liq += te
+                n_liq += info["liquidated"]
+                n_bankrupt += info["bankrupt"]
                 n_trunc += tr
                 n_bad_debt += info["bad_debt"] > 0
                 # The vec env drew the next episode's start from its np_random; pin the single env to it.
@@ -133,8 +145,12 @@ def test_vec_env_equals_single_envs_step_for_step(spiky, action, fill_at, reward
         for k in INFO_KEYS:
             _assert_close(infos[k], np.asarray(want_info[k], dtype=float), f"info {k}, step {s}")
     # The comparison only means something if the rare paths ran: liquidations (some beyond the bankruptcy
-    # price, on a gap: bad debt), truncations (so autoresets), partial fills under the participation cap.
-    assert n_liq >= 3, n_liq
-    assert n_bad_debt >= 1, n_bad_debt
-    assert n_trunc >= N, n_trunc
+    # price, on a gap: bad debt), truncations (so autoresets), partial fills (participation cap, margin trim),
+    # and with ruinous costs bankruptcies on a close.
+    if impact >= 10:
+        assert n_bankrupt >= 3, n_bankrupt
+    else:
+        assert n_liq >= 3, n_liq
+        assert n_bad_debt >= 1, n_bad_debt
+        assert n_trunc >= N, n_trunc
     assert n_partial >= 50, n_partial
