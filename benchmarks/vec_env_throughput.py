@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--market", default="btcusdt-1h", help="market spec (default: embedded btcusdt-1h)")
     parser.add_argument(
-        "--env-steps", type=int, default=400_000, help="env-steps per timed run and contender (default 400000)"
+        "--env-steps",
+        type=int,
+        default=400_000,
+        help="env-steps per timed run and contender (default 400000)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best counts (default 3)")
     args = parser.parse_args(argv)
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"  {name:28s} {sps:14,.0f} env-steps/s  {sps / base:7.1f}x single")
     top = best[f"CryptoFuturesVecEnv N={SIZES[-1]}"]
     print(
-        f"  N={SIZES[-1]}: {top / 1e6:.2f}M env-steps/s (target >= 2M), {top / base:.1f}x single (target >= 10x)"
+        f"  N={SIZES[-1]}: {top / 1e6:.2f}M env-steps/s (target >= 2M), "
+        f"{top / base:.1f}x single (target >= 10x)"
     )
     return {**best, "ratio N=1024 / single": top / base}
 

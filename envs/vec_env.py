@@ -37,7 +37,8 @@ STATE_INFO_KEYS = (
 _FLOW_INFO_KEYS = ("liquidated", "bankrupt", "trade_qty", "unfilled_qty")
 if set(STATE_INFO_KEYS) | set(_FLOW_INFO_KEYS) != set(INFO_KEYS):  # the single env grew an info key
     raise ImportError(
-        f"envs.vec_env does not know the single env's info keys {set(INFO_KEYS) - set(STATE_INFO_KEYS) - set(_FLOW_INFO_KEYS)}"
+        "envs.vec_env does not know the single env's info keys "
+        f"{set(INFO_KEYS) - set(STATE_INFO_KEYS) - set(_FLOW_INFO_KEYS)}"
     )
 
 
@@ -47,8 +48,8 @@ class CryptoFuturesVecEnv(VectorEnv):
     ## Description
 
     Each sub-env is exactly a `CryptoFuturesEnv` with the same arguments (same contract, fills, costs,
-    funding, margin, liquidation, observation and rewards; see its docstring for the rules), but the batch is advanced
-    by whole-array numpy operations instead of a Python loop over envs, which is what makes many-seed
+    funding, margin, liquidation, observation and rewards; see its docstring for the rules), but the batch is
+    advanced by whole-array numpy operations instead of a Python loop over envs, which is what makes many-seed
     training cheap on few cores. Rare events (liquidations, episode ends) are handled on index subsets; the
     common path (order sizing, fills, funding, marking, rewards, observation) runs on preallocated arrays.
     `tests/test_vec_env.py` checks it step for step against N single envs.
@@ -225,7 +226,9 @@ class CryptoFuturesVecEnv(VectorEnv):
             self._tier_caps = None
             self._mmr = mg.maintenance_margin_rate
         else:
-            self._tier_caps = np.array([t[0] for t in mg.tiers], dtype=np.float64)  # tiers may carry a 4th entry
+            self._tier_caps = np.array(
+                [t[0] for t in mg.tiers], dtype=np.float64
+            )  # tiers may carry a 4th entry
             self._tier_mmr = np.array([t[1] for t in mg.tiers], dtype=np.float64)
             self._tier_amt = np.array([t[2] for t in mg.tiers], dtype=np.float64)
             self._mmr = None
@@ -263,7 +266,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         # step); an episode started at global step g0 reads rows g0 + 1 .. g. R = the longest episode.
         longest = self.episode_bars if self.episode_bars is not None else self.n_bars - 1 - self.min_start
         self._ring = max(int(longest), 1)
-        # np.full, not np.zeros: touch the pages now rather than page-fault on the first pass through the ring.
+        # np.full, not np.zeros: touch the pages now rather than page-fault on the ring's first pass.
         self._hist = np.full((self._ring, n), self.initial_balance) if self.episode_metrics else None
         self._g = 0
         self._ep_g = z(n, dtype=np.int64)
@@ -631,9 +634,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         no = np.zeros(n, dtype=bool)
         return self._observe(), self._infos(no, no.copy(), zeros, zeros.copy())
 
-    def step(
-        self, actions: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every sub-env with its action; finished sub-envs are reset in the same call (SAME_STEP)."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
@@ -899,13 +900,11 @@ class CryptoFuturesVecEnv(VectorEnv):
         )
 
     def __repr__(self) -> str:
-        name = self.market.source or self.market.symbol
-        return f"CryptoFuturesVecEnv(num_envs={self.num_envs}, market={name!r})"
-
+        return f"CryptoFuturesVecEnv(num_envs={self.num_envs}, {self.market.symbol!r}, {self.n_bars} bars)"
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``envs.metrics._ratio`` per entry: ``num / den`` if ``den > 0``, else 0 for ``num == 0``, else +-inf."""
+    """``envs.metrics._ratio`` per entry: ``num / den`` if ``den > 0``, else 0 if ``num == 0``, else +-inf."""
     with np.errstate(divide="ignore", invalid="ignore"):
         q = num / den
     return np.where(den > 0.0, q, np.where(num == 0.0, 0.0, np.copysign(np.inf, num)))
