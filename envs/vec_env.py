@@ -20,6 +20,10 @@ from envs.trading_env import INFO_KEYS, CryptoFuturesEnv
 
 __all__ = ["CryptoFuturesVecEnv", "STATE_INFO_KEYS"]
 
+# ndarray.any()/all() go through a Python-level wrapper; the bare reductions are cheaper on the hot path.
+_any = np.logical_or.reduce
+_all = np.logical_and.reduce
+
 #: Info keys read straight from the account state after the autoreset (the others are per-step flows).
 STATE_INFO_KEYS = (
     "equity",
@@ -40,6 +44,12 @@ if set(STATE_INFO_KEYS) | set(_FLOW_INFO_KEYS) != set(INFO_KEYS):  # the single 
         "envs.vec_env does not know the single env's info keys "
         f"{set(INFO_KEYS) - set(STATE_INFO_KEYS) - set(_FLOW_INFO_KEYS)}"
     )
+
+
+# Rows of the account-state matrix (see CryptoFuturesVecEnv.__init__); the first _N_INFO_ROWS go into infos.
+_BAL, _POS, _ENTRY, _REAL, _FEES, _FUND, _SLIP, _TURN, _BAD, _EQ, _DSR_A, _DSR_B = range(12)
+_N_ROWS = 12
+_N_INFO_ROWS = _EQ + 1
 
 
 class CryptoFuturesVecEnv(VectorEnv):
@@ -239,21 +249,19 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._ppy = periods_per_year(self.market.bar_seconds)
         self._reward_kind = proto._reward_kind
 
-        # Account state, one entry per sub-env (the fields of envs.contract.Account).
+        # Account state, one column per sub-env (the fields of envs.contract.Account, equity, the moments of
+        # the differential Sharpe ratio), as rows of one matrix: an info snapshot is one copy, a reset one
+        # column assignment. The named rows are views, updated in place.
         z = np.zeros
-        self._bal = np.full(n, self.initial_balance)
-        self._pos = z(n)
-        self._entry = z(n)
-        self._real = z(n)
-        self._fees = z(n)
-        self._fund = z(n)
-        self._slip = z(n)
-        self._turn = z(n)
-        self._bad = z(n)
+        self._S = z((_N_ROWS, n))
+        self._S_init = z((_N_ROWS, 1))
+        self._S_init[_BAL] = self._S_init[_EQ] = self.initial_balance
+        self._S[:] = self._S_init
+        (self._bal, self._pos, self._entry, self._real, self._fees, self._fund, self._slip, self._turn) = (
+            self._S[:8]
+        )
+        self._bad, self._eq, self._dsr_a, self._dsr_b = self._S[8:]
         self._nliq = z(n, dtype=np.int64)
-        self._eq = np.full(n, self.initial_balance)
-        self._dsr_a = z(n)
-        self._dsr_b = z(n)
         self._t = z(n, dtype=np.intp)
         self._end = z(n, dtype=np.intp)
         self._a = z(n)  # target fractions of the current step
@@ -282,22 +290,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         """Put the sub-envs ``idx`` at the start of an episode at decision bars ``starts``."""
         self._t[idx] = starts
         self._end[idx] = self.n_bars - 1 if self.episode_bars is None else starts + self.episode_bars
-        self._bal[idx] = self.initial_balance
-        self._eq[idx] = self.initial_balance
-        for arr in (
-            self._pos,
-            self._entry,
-            self._real,
-            self._fees,
-            self._fund,
-            self._slip,
-            self._turn,
-            self._bad,
-            self._nliq,
-            self._dsr_a,
-            self._dsr_b,
-        ):
-            arr[idx] = 0
+        self._S[:, idx] = self._S_init
+        self._nliq[idx] = 0
         self._ep_g[idx] = self._g
 
     def _brackets(self, notional: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +364,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             room = self._max_notional / ref
             np.minimum(xmax, np.where(adding, room - size, room + size), out=xmax)
         ok = reduce_only | (xmax >= x)
-        if ok.all():
+        if _all(ok):
             return qty
         keep = ~adding & (xmax < size)
         xmax[keep] = size[keep]
@@ -417,7 +411,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         if self._cap is not None:
             capq = self._cap * vol
             over = want > capq
-            if over.any():
+            if _any(over):
                 lots = np.floor(capq / self._lot + 1e-9)
                 capped = np.copysign(lots * self._lot, qty)
                 capped[np.abs(capped) < self._min_qty] = 0.0
@@ -425,7 +419,7 @@ class CryptoFuturesVecEnv(VectorEnv):
                 partial = True
         if self._dry_bars:
             dry = vol <= 0.0
-            if dry.any():
+            if _any(dry):
                 q = np.where(dry, 0.0, q)
                 partial = True
         if partial:
@@ -435,7 +429,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             filled = want
             unfilled = np.zeros(self.num_envs)
         m = q != 0.0
-        if not m.any():
+        if not _any(m):
             return q, unfilled
         # Fill price: ref * (1 + half_spread + impact) for buys, ref * (1 - half_spread - impact) for sells
         # (left to right, as the single env computes it).
@@ -493,40 +487,42 @@ class CryptoFuturesVecEnv(VectorEnv):
         )
 
     def _observe(self, idx: np.ndarray | None = None) -> np.ndarray:
-        """Observations of all sub-envs (or of ``idx``) from the current state; a fresh float32 array."""
+        """Observations of all sub-envs (or of ``idx``) from the current state; a fresh float32 array.
+
+        Called under ``np.errstate(divide="ignore", invalid="ignore")``: accounts with equity 0 divide by 0.
+        """
         if idx is None:
             t, pos, entry, eq = self._t, self._pos, self._entry, self._eq
         else:
             t, pos, entry, eq = self._t[idx], self._pos[idx], self._entry[idx], self._eq[idx]
         k = t.shape[0]
         wl = self._wl
-        obs = np.take(self._obsmat, t, axis=0, mode="clip")
+        obs = self._obsmat.take(t, axis=0, mode="clip")
         mark = self._c[t]
         clip = self._clip
         acc = np.empty((3, k))
         frac, upnl, mratio = acc
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # Same operations, same order as the single env's _observe (so the same floats).
-            np.multiply(pos, mark, out=frac)
-            np.abs(frac, out=mratio)  # notional |pos| * mark
-            frac /= self.leverage * eq
-            np.subtract(mark, entry, out=upnl)
-            upnl *= pos
-            upnl /= eq
-            if self._mmr is not None:
-                mratio *= self._mmr
-            else:
-                mmr, amt = self._brackets(mratio.copy())
-                mratio *= mmr
-                mratio -= amt
-                np.maximum(mratio, 0.0, out=mratio)
-                mratio[pos == 0.0] = 0.0
-            mratio /= eq
+        # Same operations, same order as the single env's _observe (so the same floats).
+        np.multiply(pos, mark, out=frac)
+        np.abs(frac, out=mratio)  # notional |pos| * mark
+        frac /= self.leverage * eq
+        np.subtract(mark, entry, out=upnl)
+        upnl *= pos
+        upnl /= eq
+        if self._mmr is not None:
+            mratio *= self._mmr
+        else:
+            mmr, amt = self._brackets(mratio.copy())
+            mratio *= mmr
+            mratio -= amt
+            np.maximum(mratio, 0.0, out=mratio)
+            mratio[pos == 0.0] = 0.0
+        mratio /= eq
         np.maximum(acc[:2], -clip, out=acc[:2])
         np.minimum(acc, clip, out=acc)
         # A flat account reads 0 already (0 / equity); only a wiped-out account (equity 0) needs the fix.
         dead = ~(eq > 0.0)
-        if dead.any():
+        if _any(dead):
             acc[:, dead] = 0.0
         obs[:, wl:] = acc.T
         return obs
@@ -536,20 +532,21 @@ class CryptoFuturesVecEnv(VectorEnv):
     ) -> dict[str, Any]:
         t = self._t
         mark = self._c[t]
+        snap = self._S[:_N_INFO_ROWS].copy()
         vals = {
-            "equity": self._eq.copy(),
-            "position": self._pos.copy(),
+            "equity": snap[_EQ],
+            "position": snap[_POS],
             "price": mark,
-            "realized_pnl": self._real.copy(),
+            "realized_pnl": snap[_REAL],
             "unrealized_pnl": self._pos * (mark - self._entry),
-            "fees_paid": self._fees.copy(),
-            "funding_paid": self._fund.copy(),
-            "slippage_paid": self._slip.copy(),
-            "turnover": self._turn.copy(),
+            "fees_paid": snap[_FEES],
+            "funding_paid": snap[_FUND],
+            "slippage_paid": snap[_SLIP],
+            "turnover": snap[_TURN],
             "liquidated": liquidated,
             "bankrupt": bankrupt,
             "bar_index": t.copy(),
-            "bad_debt": self._bad.copy(),
+            "bad_debt": snap[_BAD],
             "trade_qty": trade,
             "unfilled_qty": unfilled,
         }
@@ -585,7 +582,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             )
         k = arr.reshape(n)
         out = (k < 0) | (k >= self.n_levels)
-        if out.any():
+        if _any(out):
             bad = int(np.flatnonzero(out)[0])
             raise ValueError(
                 f"action {int(k[bad])} of sub-env {bad} is out of range: valid actions are 0 .. "
@@ -620,7 +617,7 @@ class CryptoFuturesVecEnv(VectorEnv):
                     f"{starts!r}"
                 )
             bad = (arr < self.min_start) | (arr > self.max_start)
-            if bad.any():
+            if _any(bad):
                 i = int(np.flatnonzero(bad)[0])
                 raise ValueError(
                     f"options['start'][{i}]={int(arr[i])} is outside the valid range [{self.min_start}, "
@@ -632,7 +629,9 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._started = True
         zeros = np.zeros(n)
         no = np.zeros(n, dtype=bool)
-        return self._observe(), self._infos(no, no.copy(), zeros, zeros.copy())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            obs = self._observe()
+        return obs, self._infos(no, no.copy(), zeros, zeros.copy())
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every sub-env with its action; finished sub-envs are reset in the same call (SAME_STEP)."""
@@ -652,13 +651,11 @@ class CryptoFuturesVecEnv(VectorEnv):
         pos = self._pos
         entry = self._entry
         bal = self._bal
-        equity_t = self._eq  # replaced (not mutated) below
+        equity_t = self._eq.copy()
         # One gather for the bar data: rows of self._mkt are open, high, low, close, volume, volume with
         # zeros replaced, funding settled at bar j's open and later inside it, then close and volatility of
         # bar j - 1 = t.
-        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, sigma = np.take(
-            self._mkt, j, axis=0, mode="clip"
-        ).T
+        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, sigma = self._mkt.take(j, axis=0, mode="clip").T
 
         # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
         max_notional = self.leverage * equity_t
@@ -690,7 +687,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         beyond = o - lp
         beyond *= pos
         gap = beyond <= 0.0
-        gap_idx = np.flatnonzero(gap) if gap.any() else None
+        gap_idx = np.flatnonzero(gap) if _any(gap) else None
         if gap_idx is not None:
             self._liquidate(gap_idx, o[gap_idx])
             liquidated[gap_idx] = True
@@ -712,7 +709,7 @@ class CryptoFuturesVecEnv(VectorEnv):
             broke = bal < 0.0
             broke &= pos == 0.0
             broke &= sent != 0.0
-            if broke.any():
+            if _any(broke):
                 idx = np.flatnonzero(broke)
                 self._absorb(idx)
                 bankrupt[idx] = True
@@ -727,7 +724,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         beyond -= lp
         beyond *= pos
         hit = beyond <= 0.0
-        if hit.any():
+        if _any(hit):
             idx = np.flatnonzero(hit)
             lpi = lp[idx]
             oi = o[idx]
@@ -744,9 +741,9 @@ class CryptoFuturesVecEnv(VectorEnv):
             unfilled += np.abs(sent) - np.abs(qty)
             unfilled += lost
             check = sent != 0.0
-            if check.any():
+            if _any(check):
                 broke = check & (pos == 0.0) & (bal < 0.0)
-                if broke.any():
+                if _any(broke):
                     idx = np.flatnonzero(broke)
                     self._absorb(idx)
                     bankrupt[idx] = True
@@ -754,7 +751,7 @@ class CryptoFuturesVecEnv(VectorEnv):
                 beyond = c - lp
                 beyond *= pos
                 closing = check & (beyond <= 0.0)
-                if closing.any():
+                if _any(closing):
                     idx = np.flatnonzero(closing)
                     self._liquidate(idx, c[idx])
                     liquidated[idx] = True
@@ -763,16 +760,16 @@ class CryptoFuturesVecEnv(VectorEnv):
         if self._flat_max is not None and not self._flat_warned:
             big = np.abs(pos) * o > self._flat_max
             big &= filled != 0.0
-            if big.any():
+            if _any(big):
                 self._warn_flat_rate(float(np.abs(pos[big][0]) * o[big][0]))
 
         # 6. mark at the close.
         t += 1
-        eq = c - entry
+        eq = self._eq
+        np.subtract(c, entry, out=eq)
         eq *= pos
         eq += bal
         np.maximum(eq, 0.0, out=eq)
-        self._eq = eq
         bankrupt |= eq <= 0.0  # nothing left to trade with (liquidations are reported as such)
         bankrupt &= ~liquidated
 
@@ -795,7 +792,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         if self._hist is not None:
             self._hist[g % self._ring] = eq
         done = terminated | truncated
-        if not done.any():
+        if not _any(done):
             return (
                 self._observe(),
                 reward,
