@@ -281,6 +281,14 @@ class CryptoFuturesVecEnv(VectorEnv):
         # step); an episode started at global step g0 reads rows g0 + 1 .. g. R = the longest episode.
         longest = self.episode_bars if self.episode_bars is not None else self.n_bars - 1 - self.min_start
         self._ring = max(int(longest), 1)
+        if self.episode_metrics and self._ring * n * 8 > 2**29:
+            warnings.warn(
+                f"CryptoFuturesVecEnv: episode_metrics keeps {self._ring * n * 8 / 2**20:,.0f} MiB of equity "
+                f"history ({n} sub-envs x episodes of up to {self._ring} steps); pass episode_metrics=False "
+                "or a shorter episode_bars to save it",
+                UserWarning,
+                stacklevel=2,
+            )
         # np.full, not np.zeros: touch the pages now rather than page-fault on the ring's first pass.
         self._hist = np.full((self._ring, n), self.initial_balance) if self.episode_metrics else None
         self._g = 0

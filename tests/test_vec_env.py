@@ -463,3 +463,34 @@ def test_sb3_ppo_runs_on_the_adapter_under_vecmonitor_and_vecnormalize():
     obs = venv.reset()
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (8, 1)
+
+
+def test_episodes_to_the_end_of_the_data_match_the_single_env():
+    market = load_market("synthetic:garch:n_bars=300,seed=2")
+    kw = dict(market=market, window=4, episode_bars=None, leverage=2.0)
+    vec = CryptoFuturesVecEnv(num_envs=3, **kw)
+    starts = np.array([vec.max_start - 40, vec.max_start - 10, vec.min_start])
+    obs, _ = vec.reset(seed=0, options={"start": starts})
+    singles = [CryptoFuturesEnv(**kw) for _ in range(3)]
+    for env, s in zip(singles, starts, strict=True):
+        env.reset(options={"start": int(s)})
+    rng = np.random.default_rng(5)
+    n_trunc = 0
+    for _ in range(45):
+        acts = rng.uniform(-1, 1, (3, 1)).astype(np.float32)
+        obs, rew, term, trunc, infos = vec.step(acts)
+        for i, env in enumerate(singles):
+            o, r, te, tr, info = env.step(acts[i])
+            assert (te, tr) == (term[i], trunc[i])
+            _assert_close(rew[i], r, "reward")
+            if te or tr:
+                assert info["bar_index"] == vec.n_bars - 1 or te
+                n_trunc += tr
+                _assert_close(infos["final_obs"][i], o, "final obs")
+                for k, v in info["episode_metrics"].items():
+                    _assert_close(infos["final_info"]["episode_metrics"][k][i], v, k)
+                # episode_bars=None: the next episode starts at the first decision bar again.
+                assert infos["bar_index"][i] == vec.min_start
+                o, info = env.reset()
+            _assert_close(obs[i], o, "obs")
+    assert n_trunc >= 2  # the two late starts ran into the end of the data
