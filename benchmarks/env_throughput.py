@@ -2,8 +2,9 @@
 
     python -m benchmarks.env_throughput [--steps 20000] [--repeats 5]    # from the repository root
 
-Both envs run on the embedded 999 BTCUSDT perpetual 1h bars (`btcusdt-perp-1h-2025`) with a 32-bar observation window, 720-step episodes (reset
-when an episode ends, reset time included) and the same pre-drawn random actions (drawing them is not timed).
+Both envs run on the embedded 999 BTCUSDT perpetual 1h bars (``btcusdt-perp-1h-2025``) with a 32-bar
+observation window, 720-step episodes (reset when an episode ends, reset time included) and the same
+pre-drawn random actions (drawing them is not timed).
 Ours simulates far more per step: spread, square-root impact, fees, lot rounding, participation cap, funding,
 maintenance margin and liquidation, causal features and a full info dict; gym-trading-env (0.3.5) does a fee
 on a target-position portfolio. Each env is measured raw and through ``gym.make`` (ours: OrderEnforcing +

@@ -20,7 +20,7 @@ from gymnasium import spaces
 from envs.contract import ExecutionConfig, fee, fill_price, sqrt_impact
 from envs.features import FeatureConfig, compute_features
 from envs.market import MarketData
-from envs.trading_env import resolve_market
+from envs.trading_env import _split_funding, resolve_market
 
 __all__ = [
     "CryptoFuturesExecutionEnv",
@@ -187,7 +187,11 @@ class CryptoFuturesExecutionEnv(gym.Env):
     what is left. As ``S_0 = 0`` and ``R = 0`` at the end, the rewards sum to minus the episode's
     implementation shortfall ``IS = s * (sum_i q_i * p_i - Q * P0) + fees``, in bp, which the last step's
     ``info["execution"]["shortfall_bps"]`` reports with its decomposition
-    ``timing_bps + spread_bps + impact_bps + fees_bps`` (funding on the position being built is not in it).
+    ``timing_bps + spread_bps + impact_bps + fees_bps``. Funding on the position being built is not in it:
+    it is reported beside it, ``info["funding_paid"]`` (USDT, cumulative, positive = paid) and the summary's
+    ``funding_bps``, with the trading env's timing: a settlement at a fill bar's open is paid by the position
+    held at that instant, i.e. executed *before* that bar's child order (which fills just after it); a child
+    filled at the settlement's open does not pay it. Marked at that open: ``position * open_j * rate``.
 
     ## Starting State
 
@@ -317,7 +321,8 @@ class CryptoFuturesExecutionEnv(gym.Env):
         if self.max_start < self.min_start:
             raise ValueError(
                 f"market {self.market.source or self.market.symbol!r} has {n} bars; this env needs at least "
-                f"{self.min_start + self.horizon + 1} (warm-up of {self.min_start} bars: {self.profile_days} "
+                f"{self.min_start + self.horizon + 1} rows (bars) in total (warm-up of {self.min_start} "
+                f"bars: {self.profile_days} "
                 f"day(s) of volume profile and the volatility estimate, plus horizon_bars={self.horizon} and "
                 "one bar to fill). "
                 "Load more bars, or lower profile_days / horizon_bars."
@@ -414,6 +419,7 @@ class CryptoFuturesExecutionEnv(gym.Env):
         self._close = m.close.tolist()
         self._volume = vol.tolist()
         self._sigma_l = self._sigma.tolist()
+        self._rate_open, self._rate_in = _split_funding(m)
 
     # ----------------------------------------------------------------------------------- public helpers
 
@@ -561,6 +567,7 @@ class CryptoFuturesExecutionEnv(gym.Env):
         self._timing = self._spread_cost = self._impact = 0.0
         self._n_fills = 0
         self._forced_qty = 0.0
+        self._funding_paid = 0.0
         info = {
             "bar_index": t0,
             "step": 0,
@@ -616,11 +623,16 @@ class CryptoFuturesExecutionEnv(gym.Env):
             forced_lots = rem - capped
             capped = rem
 
+        # Funding settled at bar j's open is paid by the position executed so far (held at that instant).
+        held = s * (self._q_lots - rem) * self._lot
+        open_j = self._open[j]
+        rate = self._rate_open[j]
+        if rate != 0.0 and held != 0.0:
+            self._funding_paid += held * open_j * rate
         q = capped * self._lot
         price = 0.0  # reported in info; 0 when nothing filled (NaN would break equality checks on infos)
         f = 0.0
         impact = 0.0
-        open_j = self._open[j]
         if capped:
             liquidity = vol_j
             if liquidity <= 0.0:  # only a forced order can meet an empty bar: use the profile's expectation
@@ -639,6 +651,9 @@ class CryptoFuturesExecutionEnv(gym.Env):
             self._rem_lots = rem - capped
         self._forced_qty = forced_lots * self._lot
         self._disp = self._rho * (self._disp + impact)
+        rate = self._rate_in[j]  # settlements later inside a long bar: the position after the fill
+        if rate != 0.0:
+            self._funding_paid += s * (self._q_lots - self._rem_lots) * self._lot * open_j * rate
 
         self._k += 1
         self._t = j
@@ -668,6 +683,7 @@ class CryptoFuturesExecutionEnv(gym.Env):
             "arrival_price": self._p0,
             "shortfall_bps": mtm / self._notional0 * 1e4,
             "fees_paid": self._fees,
+            "funding_paid": self._funding_paid,
         }
         if terminated:
             info["execution"] = self._summary()
@@ -685,6 +701,8 @@ class CryptoFuturesExecutionEnv(gym.Env):
             "spread_bps": self._spread_cost * scale,
             "impact_bps": self._impact * scale,
             "fees_bps": self._fees * scale,
+            "funding_bps": self._funding_paid * scale,
+            "funding_quote": self._funding_paid,
             "avg_price": self._cash / Q,
             "arrival_price": self._p0,
             "quantity": Q,

@@ -22,7 +22,9 @@ its spot files from ms to µs in 2025); strings are ISO 8601; naive times are in
 Funding (``funding=``, see :func:`load_funding`) may be a path/list/glob of Binance funding files
 (``calc_time, funding_interval_hours, last_funding_rate``), API dumps (``fundingTime, fundingRate``), the
 exchange web page's export (BOM, quoted, newest first, percent strings, local time: pass
-``funding_tz``/``tz``), or a Series.
+``funding_tz``/``tz`` or the per-file suffix ``"file.csv@UTC+8"``), or a Series. Several funding files are
+merged and must agree where they overlap; settlements off the 00/08/16 UTC grid and web exports without a
+time zone are refused with the zone to pass.
 
 Errors are :class:`~envs.market.DataValidationError` naming the file, the row (0-based data row, header
 excluded, and the 1-based line) and the column.
@@ -819,14 +821,18 @@ def load_market(
         spec: embedded name, ``"synthetic:<kind>[:key=value,...]"``, path / list of paths / glob of bar files,
             DataFrame, or MarketData.
         funding: funding settlements for file/DataFrame bars (see :func:`load_funding`); each settlement is
-            summed onto the bar containing it. Without it the rate is zero (said once per process).
+            summed onto the bar containing it. Several files are merged (their overlap must agree); a path may
+            carry its own time zone as a suffix, ``["web_export.csv@UTC+8", "api.csv"]``. Without funding the
+            rate is zero (a one-line notice naming ``--funding``, once per process).
         tz: time zone of naive timestamps in ``spec`` (and in ``funding`` unless ``funding_tz`` is given);
             default UTC. E.g. ``"UTC+8"`` or ``"Asia/Shanghai"``.
-        fill_gaps: forward-fill missing bars (OHLC = previous close, volume 0) instead of raising; the number
-            filled is reported in a warning.
+        fill_gaps: forward-fill missing bars (OHLC = previous close, volume 0) instead of raising (CLI:
+            ``--fill-gaps``); the result's ``filled_bars`` / ``filled_times`` count and date them, and a
+            one-line notice says how many.
         resample: coarser bar interval (``"1h"``, ``"4h"``, ``"1d"``, seconds); see
             :func:`envs.market.resample_market` (bars labelled by open time, only complete bars kept).
-        funding_tz: time zone of naive funding timestamps when it differs from ``tz``.
+        funding_tz: time zone of naive funding timestamps when it differs from ``tz`` (a file's ``@zone``
+            suffix wins over it).
         symbol: contract name to record (default: ``BTCUSDT`` for files, the generator's for synthetic data).
 
     Raises:

@@ -111,9 +111,18 @@ def time_split(
         "test": (test_start, n),
     }
     if train_stop <= 0 or test_start >= n:
+        if _is_date(val):
+            need = "more bars before the validation date and at least one from the test date on"
+        elif isinstance(val, (int, np.integer)) and isinstance(test, (int, np.integer)):
+            total = int(val) + max(int(test), 1) + (2 * gap if val else gap) + 1
+            need = (
+                f"the data needs at least {total} rows (bars) in total (val + test + gaps + 1 training bar)"
+            )
+        else:
+            need = "load more bars or give smaller val/test"
         raise ValueError(
             f"time_split of {n} bars with val={val!r}, test={test!r}, gap={gap} leaves "
-            f"train={out['train']} test={out['test']}: train and test need at least one bar each"
+            f"train={out['train']} test={out['test']}: train and test need at least one bar each; {need}"
         )
     return out
 
@@ -196,10 +205,12 @@ def walk_forward(
     if min_train_bars is None:
         min_train_bars = n - n_folds * test_bars - gap
     if test_bars < 1 or min_train_bars < 1 or min_train_bars + gap + n_folds * test_bars > n:
+        total = max(min_train_bars, 1) + gap + n_folds * max(test_bars, 1)
         raise ValueError(
             f"walk_forward: {n_folds} folds x {test_bars} test bars + {gap} gap + {min_train_bars} "
             "training bars "
-            f"do not fit in {n} bars (need test_bars >= 1, min_train_bars >= 1)"
+            f"do not fit in {n} bars (need test_bars >= 1, min_train_bars >= 1): the data needs at least "
+            f"{total} rows (bars) in total"
         )
     folds = []
     first_test = n - n_folds * test_bars

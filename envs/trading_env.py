@@ -90,6 +90,8 @@ def _split_funding(market: MarketData) -> tuple[list[float], list[float]]:
     ts = market.timestamps
     rate = market.funding_rate
     grid = int(round(market.funding_interval_hours * 3600)) * 10**9
+    if grid <= 0:
+        return rate.tolist(), [0.0] * len(rate)
     bar = market.bar_seconds * 10**9
     on_grid = ts % grid == 0
     # grid instants in [open, open + bar)
@@ -335,8 +337,8 @@ class CryptoFuturesEnv(gym.Env):
                 f"market {self.market.source or self.market.symbol!r} has {n} bars, too few: the first "
                 f"decision bar is {self.min_start} (feature warm-up {self.features.first_valid} + window "
                 f"{self.window} - 1) and an episode of {steps} step(s) needs {steps} more bar(s) after it, "
-                f"so at least {self.min_start + steps + 1} "
-                "bars are needed. Use a smaller window / episode_bars or more data."
+                f"so the data needs at least {self.min_start + steps + 1} rows (bars) in total. Use a "
+                "smaller window / episode_bars or more data."
             )
 
         n_feat = len(FEATURE_NAMES)

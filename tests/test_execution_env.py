@@ -418,3 +418,33 @@ def test_bad_actions_raise_value_error(action_mode, action):
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(action)
+
+
+def test_funding_is_paid_by_the_executed_position_held_at_the_settlement():
+    # Price 100, hourly bars from 2024-01-01 00:00, settlement rate 1e-3 at 2024-01-02 08:00 (bar 32). Buy
+    # Q = 8 over T = 4 from decision bar 29 (TWAP: 2 per bar, fills at the opens of bars 30, 31, 32, 33). At
+    # the 08:00 open 4 are held (bars 30 and 31); the child filled at that open comes just after the
+    # settlement: funding 4 * 100 * 1e-3 = 0.4 USDT = 0.4 / 800 * 1e4 = 5 bp, reported beside the shortfall,
+    # not in it.
+    close = np.full(60, 100.0)
+    idx = pd.date_range("2024-01-01", periods=60, freq="1h", tz="UTC")
+    df = pd.DataFrame({"open": close, "high": close, "low": close, "close": close, "volume": 1e6}, index=idx)
+    df["funding_rate"] = 0.0
+    df.iloc[32, df.columns.get_loc("funding_rate")] = 1e-3
+    env = CryptoFuturesExecutionEnv(
+        MarketData.from_frame(df),
+        horizon_bars=4,
+        quantity=8.0,
+        side="buy",
+        execution=NO_IMPACT,
+        profile_days=1,
+        window=2,
+    )
+    _, _, infos = run(env, [0.25, 1 / 3, 0.5, 1.0], options={"start": 29})
+    assert [i["funding_paid"] for i in infos[1:]] == pytest.approx([0.0, 0.0, 0.4, 0.4])
+    summary = infos[-1]["execution"]
+    assert summary["funding_quote"] == pytest.approx(0.4) and summary["funding_bps"] == pytest.approx(5.0)
+    assert summary["shortfall_bps"] == pytest.approx(6.0008, rel=1e-12)  # unchanged: funding is beside it
+    # A sell pays the negative of that (a short receives positive funding).
+    _, _, infos = run(env, [0.25, 1 / 3, 0.5, 1.0], options={"start": 29, "side": "sell"})
+    assert infos[-1]["execution"]["funding_quote"] == pytest.approx(-0.4)

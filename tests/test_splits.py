@@ -52,6 +52,11 @@ def test_date_split_on_market():
 def test_split_errors():
     with pytest.raises(ValueError, match="train and test need at least one bar"):
         time_split(10, val=0.5, test=0.5)
+    # 5 val + 5 test + 2 gaps of 2 + 1 training bar = 15 rows
+    with pytest.raises(ValueError, match="needs at least 15 rows \\(bars\\) in total"):
+        time_split(14, val=5, test=5, gap=2)
+    assert time_split(15, val=5, test=5, gap=2)["train"] == (0, 1)
+
     with pytest.raises(ValueError, match="fraction must be in \\[0, 1\\)"):
         time_split(10, val=1.5)
     with pytest.raises(ValueError, match="both as dates"):
@@ -68,7 +73,7 @@ def test_walk_forward_examples():
     ]
     roll = walk_forward(1000, 3, test_bars=100, mode="rolling", min_train_bars=300, gap=10)
     assert roll == [Fold((390, 690), (700, 800)), Fold((490, 790), (800, 900)), Fold((590, 890), (900, 1000))]
-    with pytest.raises(ValueError, match="do not fit in 100 bars"):
+    with pytest.raises(ValueError, match="do not fit in 100 bars.*at least 151 rows \\(bars\\) in total"):
         walk_forward(100, 5, test_bars=30)
     with pytest.raises(ValueError, match="mode must be"):
         walk_forward(100, 2, mode="sliding")

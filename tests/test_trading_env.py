@@ -485,7 +485,7 @@ def test_bad_start_and_options():
 
 
 def test_too_few_bars_named():
-    with pytest.raises(ValueError, match="too few.*at least 6 bars"):
+    with pytest.raises(ValueError, match="too few.*needs at least 6 rows \\(bars\\) in total"):
         make_env(make_market(flat_rows(5)), episode_bars=3)
 
 
