@@ -32,14 +32,18 @@ class SB3VecEnvAdapter(VecEnv):
         venv: the vector env (e.g. ``envs.CryptoFuturesVecEnv``); its ``metadata["autoreset_mode"]`` must be
             ``AutoresetMode.SAME_STEP`` (the finished episode's last observation is then in
             ``infos["final_obs"]``, which SB3 wants as ``terminal_observation``).
-        info_keys: keys of the vector env's infos copied into each per-env info dict (``None``: all array
-            keys, gymnasium's ``_key`` masks excluded). Building N dicts per step is the adapter's main cost;
-            pass ``()`` when nothing reads them (``terminal_observation``, ``TimeLimit.truncated`` and, on an
-            episode's last step, the finished episode's info incl. ``episode_metrics`` are always there).
+        info_keys: keys of the vector env's infos copied into every per-env info dict on every step (``None``:
+            all array keys, gymnasium's ``_key`` masks excluded). Default ``()``: none, because building N
+            dicts of scalars per step costs more than the batched step itself (at N = 1024 all 15 keys cut
+            throughput about 4x); SB3 reads infos only on an episode's last step, where the finished
+            episode's whole info (incl. ``episode_metrics``), ``terminal_observation`` and
+            ``TimeLimit.truncated`` are always present.
 
     Per-env infos follow SB3's ``DummyVecEnv``: on a step that ends an episode, ``infos[i]`` is the finished
-    episode's last info plus ``terminal_observation``, the returned observation is the new episode's first and
-    ``reset_infos[i]`` its info; ``TimeLimit.truncated`` is ``truncated and not terminated`` on every step.
+    episode's last info plus ``terminal_observation`` and ``TimeLimit.truncated`` (``truncated and not
+    terminated``), the returned observation is the new episode's first and ``reset_infos[i]`` its info (the
+    ``info_keys`` entries). Other steps carry only the ``info_keys`` entries (read ``TimeLimit.truncated``
+    with ``info.get(..., False)``, as SB3 does).
 
     Seeding: ``seed(s)`` (SB3's convention, applied at the next ``reset``) seeds the vector env's
     ``np_random`` with ``s``, from which all episode starts are drawn; the vector env has one generator, so
@@ -52,7 +56,7 @@ class SB3VecEnvAdapter(VecEnv):
     single-env method of its ``proto`` env (e.g. ``target_to_action``), once, and repeats the result.
     """
 
-    def __init__(self, venv: gym.vector.VectorEnv, info_keys: Sequence[str] | None = None) -> None:
+    def __init__(self, venv: gym.vector.VectorEnv, info_keys: Sequence[str] | None = ()) -> None:
         mode = venv.metadata.get("autoreset_mode")
         if mode != AutoresetMode.SAME_STEP:
             raise ValueError(
@@ -68,8 +72,10 @@ class SB3VecEnvAdapter(VecEnv):
 
     # ------------------------------------------------------------------------------------------ stepping
 
-    def _info_dicts(self, infos: dict[str, Any], truncated_only: np.ndarray) -> list[dict[str, Any]]:
+    def _info_dicts(self, infos: dict[str, Any]) -> list[dict[str, Any]]:
         keys = self.info_keys
+        if keys == ():
+            return [{} for _ in range(self.num_envs)]
         if keys is None:
             keys = tuple(
                 k
@@ -80,15 +86,13 @@ class SB3VecEnvAdapter(VecEnv):
                 and v.shape[:1] == (self.num_envs,)
             )
         cols = [infos[k].tolist() for k in keys]
-        keys = (*keys, "TimeLimit.truncated")
-        cols.append(truncated_only.tolist())
         return [dict(zip(keys, vals, strict=True)) for vals in zip(*cols, strict=True)]
 
     def reset(self) -> VecEnvObs:
         seed = self._seeds[0]
         options = self._merge_options()
         obs, infos = self.venv.reset(seed=seed, options=options)
-        self.reset_infos = self._info_dicts(infos, np.zeros(self.num_envs, dtype=bool))
+        self.reset_infos = self._info_dicts(infos)
         self._reset_seeds()
         self._reset_options()
         return obs
@@ -112,7 +116,7 @@ class SB3VecEnvAdapter(VecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
         dones = terminated | truncated
-        out = self._info_dicts(infos, truncated & ~terminated)
+        out = self._info_dicts(infos)
         if dones.any():
             final_obs = infos["final_obs"]
             final_info = infos["final_info"]
