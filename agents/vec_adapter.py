@@ -101,8 +101,10 @@ class SB3VecEnvAdapter(VecEnv):
         opts = self._options
         if not any(opts):
             return None
-        if all(o == opts[0] for o in opts) and not ("start" in opts[0] and np.ndim(opts[0]["start"]) == 0):
-            return dict(opts[0])
+        first = opts[0]
+        same = all(set(o) == set(first) and all(np.array_equal(o[k], first[k]) for k in o) for o in opts)
+        if same and not ("start" in first and np.ndim(first["start"]) == 0):
+            return dict(first)
         if all(set(o) == {"start"} and np.ndim(o["start"]) == 0 for o in opts):
             return {"start": np.array([int(o["start"]) for o in opts])}
         raise ValueError(

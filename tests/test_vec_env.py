@@ -418,6 +418,9 @@ def test_sb3_adapter_seed_options_attributes():
     assert [r["equity"] for r in venv.reset_infos] == [venv.venv.initial_balance] * 4
     assert set(venv.reset_infos[0]) == {"equity"}
     np.testing.assert_array_equal(venv.venv._t, start)
+    venv.set_options([{"start": np.full(4, start + 1)} for _ in range(4)])  # equal dicts, distinct arrays
+    venv.reset()
+    np.testing.assert_array_equal(venv.venv._t, start + 1)
     venv.set_options([{"start": start + i} for i in range(4)])
     venv.reset()
     np.testing.assert_array_equal(venv.venv._t, start + np.arange(4))
