@@ -497,3 +497,39 @@ def test_episodes_to_the_end_of_the_data_match_the_single_env():
                 o, info = env.reset()
             _assert_close(obs[i], o, "obs")
     assert n_trunc >= 2  # the two late starts ran into the end of the data
+
+
+@pytest.mark.parametrize("fill_at", ["next_open", "next_close"])
+def test_daily_bars_with_settlements_inside_the_bar_match_the_single_env(fill_at):
+    # Daily bars hold three 8-hourly settlements: one at the open, two later inside the bar (on the position
+    # held after the fill).
+    market = load_market("synthetic:jump:n_bars=400,seed=3,bar_seconds=86400,jump_intensity=20")
+    kw = dict(
+        market=market,
+        window=4,
+        episode_bars=30,
+        leverage=4.0,
+        execution=ExecutionConfig(fill_at=fill_at, max_participation=None),
+        margin=MarginConfig(leverage=4.0, flat_rate_max_notional=None),
+    )
+    vec = CryptoFuturesVecEnv(num_envs=5, **kw)
+    assert vec._has_rate_in
+    starts = np.arange(5) * 40 + vec.min_start
+    vec.reset(seed=0, options={"start": starts})
+    singles = [CryptoFuturesEnv(**kw) for _ in range(5)]
+    for env, s in zip(singles, starts, strict=True):
+        env.reset(options={"start": int(s)})
+    rng = np.random.default_rng(1)
+    for _ in range(70):
+        acts = rng.uniform(-1.2, 1.2, (5, 1)).astype(np.float32)
+        obs, rew, term, trunc, infos = vec.step(acts)
+        for i, env in enumerate(singles):
+            o, r, te, tr, info = env.step(acts[i])
+            assert (te, tr) == (term[i], trunc[i])
+            _assert_close(rew[i], r, "reward")
+            if te or tr:
+                o, info = env.reset(options={"start": int(infos["bar_index"][i])})
+            _assert_close(obs[i], o, "obs")
+            for k in INFO_KEYS:
+                _assert_close(infos[k][i], info[k], k)
+    assert (np.abs(infos["funding_paid"]) > 0).any()
