@@ -210,7 +210,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._has_rate_in = bool(rate_in.any())
         self._mkt = np.stack(
             [self._o, self._h, self._l, self._c, self._v, self._v_safe, rate_open, rate_in, self._c[prev]]
-            + [self._s[prev]],
+            + [self.execution.impact_coef * self._s[prev]],
             axis=1,
         )
         # Row k of the window matrix is the flattened feature rows k .. k + window - 1 (the single env's
@@ -349,21 +349,28 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._bal[idx] = 0.0
 
     def _trim(
-        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, sigma: np.ndarray
+        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, isig: np.ndarray
     ) -> np.ndarray:
-        """The single env's ``_trim`` per entry: the part of each order the margin allows at the fill."""
+        """The single env's ``_trim`` per entry: the part of each order the margin allows at the fill.
+
+        ``isig`` is ``impact_coef * sigma_t`` per entry.
+        """
         x = np.abs(qty)
         pos = self._pos
         size = np.abs(pos)
-        adding = (pos * qty) >= 0.0
+        pq = pos * qty
+        adding = pq >= 0.0
         reduce_only = ~adding & (x <= size)
         xi = x if self._cap is None else np.minimum(x, self._cap * vol)
         slip = np.sqrt(xi / vol_safe)
-        slip *= self._impact * sigma
+        slip *= isig
         if self._dry_bars:
             slip[vol <= 0.0] = 0.0
         slip += self._hs
-        price = np.where(qty > 0.0, ref * (1.0 + slip), ref * (1.0 - slip))
+        # ref * (1 + slip) for buys, ref * (1 - slip) for sells: 1 + (-slip) is exactly 1 - slip.
+        price = np.copysign(slip, qty)
+        price += 1.0
+        price *= ref
         unit_cost = ref * slip
         price *= self._taker
         unit_cost += price
@@ -372,7 +379,8 @@ class CryptoFuturesVecEnv(VectorEnv):
         equity *= pos
         equity += self._bal
         held = size * im
-        xmax = np.where(adding, equity - held, equity + held)
+        np.copysign(held, pq, out=held)  # + when adding (equity - held), - when reducing (equity + held)
+        xmax = equity - held
         im += unit_cost
         xmax /= im
         if math.isfinite(self._max_notional):
@@ -412,7 +420,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._nliq[idx] += 1
 
     def _execute(
-        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, sigma: np.ndarray
+        self, qty: np.ndarray, ref: np.ndarray, vol: np.ndarray, vol_safe: np.ndarray, isig: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The single env's ``_execute`` per entry of ``qty`` (0: no order); returns (filled, unfilled).
 
@@ -449,7 +457,7 @@ class CryptoFuturesVecEnv(VectorEnv):
         # Fill price: ref * (1 + half_spread + impact) for buys, ref * (1 - half_spread - impact) for sells
         # (left to right, as the single env computes it).
         impact = np.sqrt(filled / vol_safe)
-        impact *= self._impact * sigma
+        impact *= isig
         buy = q > 0.0
         mult = np.where(buy, self._up + impact, self._dn - impact)
         price = ref * mult
@@ -668,9 +676,9 @@ class CryptoFuturesVecEnv(VectorEnv):
         bal = self._bal
         equity_t = self._eq.copy()
         # One gather for the bar data: rows of self._mkt are open, high, low, close, volume, volume with
-        # zeros replaced, funding settled at bar j's open and later inside it, then close and volatility of
-        # bar j - 1 = t.
-        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, sigma = self._mkt.take(j, axis=0, mode="clip").T
+        # zeros replaced, funding settled at bar j's open and later inside it, then bar t's close and
+        # impact_coef * sigma_t (the impact scale; the product is the one the single env computes).
+        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, isig = self._mkt.take(j, axis=0, mode="clip").T
 
         # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
         max_notional = self.leverage * equity_t
@@ -718,8 +726,8 @@ class CryptoFuturesVecEnv(VectorEnv):
             # 4.-5. trim to the margin at the fill price, fill at the open; a close beyond the bankruptcy
             # price leaves a flat account with a negative wallet: bad debt, the episode ends.
             sent = qty
-            qty = self._trim(sent, o, vol, vol_safe, sigma)
-            filled, unfilled = self._execute(qty, o, vol, vol_safe, sigma)
+            qty = self._trim(sent, o, vol, vol_safe, isig)
+            filled, unfilled = self._execute(qty, o, vol, vol_safe, isig)
             unfilled += np.abs(sent) - np.abs(qty)
             broke = bal < 0.0
             broke &= pos == 0.0
@@ -751,8 +759,8 @@ class CryptoFuturesVecEnv(VectorEnv):
             # filled at the close, then the margin is checked there.
             lost = np.abs(qty) * liquidated
             sent = qty * ~liquidated
-            qty = self._trim(sent, c, vol, vol_safe, sigma)
-            filled, unfilled = self._execute(qty, c, vol, vol_safe, sigma)
+            qty = self._trim(sent, c, vol, vol_safe, isig)
+            filled, unfilled = self._execute(qty, c, vol, vol_safe, isig)
             unfilled += np.abs(sent) - np.abs(qty)
             unfilled += lost
             check = sent != 0.0
