@@ -15,12 +15,14 @@ from envs.metrics import trade_metrics
 from envs.splits import Fold, time_split, walk_forward
 from envs.synthetic import SYNTHETIC_KINDS, make_market, planted_oracle_positions
 from envs.trading_env import CryptoFuturesEnv
+from envs.vec_env import CryptoFuturesVecEnv
 
 __all__ = [
     "EMBEDDED",
     "SYNTHETIC_KINDS",
     "CryptoFuturesEnv",
     "CryptoFuturesExecutionEnv",
+    "CryptoFuturesVecEnv",
     "ExecutionConfig",
     "FeatureConfig",
     "Fold",
@@ -37,5 +39,9 @@ __all__ = [
     "walk_forward",
 ]
 
-register(id="CryptoFutures-v0", entry_point="envs.trading_env:CryptoFuturesEnv")
+register(
+    id="CryptoFutures-v0",
+    entry_point="envs.trading_env:CryptoFuturesEnv",
+    vector_entry_point="envs.vec_env:CryptoFuturesVecEnv",
+)
 register(id="CryptoFuturesExecution-v0", entry_point="envs.execution_env:CryptoFuturesExecutionEnv")

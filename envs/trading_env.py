@@ -238,7 +238,11 @@ class CryptoFuturesEnv(gym.Env):
       fill_at).
     * `margin`: `envs.contract.MarginConfig` (leverage, maintenance margin / tiers, liquidation fee).
     * `features`: `envs.features.FeatureConfig`.
-    * `render_mode`: `None` or `"ansi"`.
+    * `render_mode`: `None`, `"ansi"` (one text line) or `"rgb_array"`: a `(360, 480, 3)` uint8 frame of the
+      episode so far, price (top), position as a fraction of the maximum (middle, `[-1, 1]`) and equity
+      (bottom); a red border marks a liquidation or bankruptcy. Drawn with numpy (no plotting library). The
+      position panel shows the positions seen by `render()` calls (every step under `RecordVideo`), held
+      between calls.
 
     ```python
     >>> import gymnasium as gym, envs
@@ -251,7 +255,7 @@ class CryptoFuturesEnv(gym.Env):
     * v0: Initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
     def __init__(
         self,
@@ -799,7 +803,9 @@ class CryptoFuturesEnv(gym.Env):
         self._dsr_b = b_prev + self.dsr_eta * db
         return d
 
-    def render(self) -> str | None:
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "rgb_array":
+            return self._render_rgb()
         if self.render_mode != "ansi":
             return None
         i = self._last_info
@@ -811,3 +817,79 @@ class CryptoFuturesEnv(gym.Env):
             f"fees {i['fees_paid']:.2f}  funding {i['funding_paid']:.2f}"
             + ("  LIQUIDATED" if i["liquidated"] else "")
         )
+
+    def _render_rgb(self) -> np.ndarray:
+        i = self._last_info
+        if not i:
+            return render_frame(np.zeros(1), np.zeros(1), np.zeros(1), False)
+        t = self._t
+        curve = self._equity_curve
+        start = t - (len(curve) - 1)
+        # Positions are recorded at render calls (step() keeps no history of them); a new episode restarts
+        # the trace.
+        trace = getattr(self, "_render_trace", None)
+        if trace is None or trace[0] != start or trace[1] > t:
+            trace = [start, start, {start: 0.0}]
+            self._render_trace = trace
+        eq = i["equity"]
+        trace[1] = t
+        trace[2][t] = i["position"] * i["price"] / (self.leverage * eq) if eq > 0.0 else 0.0
+        frac = np.empty(t - start + 1)
+        last = 0.0
+        for k in range(start, t + 1):
+            last = trace[2].get(k, last)
+            frac[k - start] = last
+        prices = np.asarray(self._close[start : t + 1])
+        ended = bool(i["liquidated"] or i.get("bankrupt", False))
+        return render_frame(prices, frac, np.asarray(curve), ended)
+
+
+#: Size of the ``render_mode="rgb_array"`` frames.
+FRAME_HEIGHT, FRAME_WIDTH = 360, 480
+
+
+def _line_mask(y: np.ndarray, height: int, width: int, lo: float, hi: float) -> np.ndarray:
+    """Boolean ``(height, width)`` raster of the polyline through ``y`` (resampled to ``width`` columns),
+    scaled so that ``lo`` is the bottom row and ``hi`` the top; consecutive columns are joined vertically."""
+    n = y.size
+    x = np.linspace(0.0, n - 1.0, width) if n > 1 else np.zeros(width)
+    yc = np.interp(x, np.arange(n), y) if n > 1 else np.full(width, float(y[0]))
+    span = hi - lo if hi > lo else 1.0
+    r = (hi - yc) / span * (height - 1)
+    r = np.clip(np.nan_to_num(r, nan=(height - 1) / 2), 0, height - 1)
+    prev = np.concatenate(([r[0]], r[:-1]))
+    top = np.floor(np.minimum(prev, r))
+    bottom = np.ceil(np.maximum(prev, r))
+    rows = np.arange(height)[:, None]
+    return (rows >= top) & (rows <= bottom)
+
+
+def render_frame(prices: np.ndarray, position: np.ndarray, equity: np.ndarray, ended: bool) -> np.ndarray:
+    """An ``(FRAME_HEIGHT, FRAME_WIDTH, 3)`` uint8 picture of an episode: price, position fraction in
+    ``[-1, 1]`` and equity, top to bottom, each auto-scaled to its range (position on a fixed scale with its
+    zero line); a red border when ``ended`` (liquidation / bankruptcy)."""
+    h, w = FRAME_HEIGHT, FRAME_WIDTH
+    frame = np.full((h, w, 3), 18, dtype=np.uint8)
+    panel = h // 3
+    pad = 6
+    inner = panel - 2 * pad
+    series = (
+        (np.asarray(prices, dtype=float), None, (90, 170, 255)),
+        (np.asarray(position, dtype=float), (-1.0, 1.0), (255, 200, 60)),
+        (np.asarray(equity, dtype=float), None, (80, 220, 120)),
+    )
+    for k, (y, scale, color) in enumerate(series):
+        y0 = k * panel + pad
+        view = frame[y0 : y0 + inner]
+        if scale is None:
+            lo, hi = float(np.min(y)), float(np.max(y))
+        else:
+            lo, hi = scale
+            view[inner // 2] = (60, 60, 60)  # zero line
+        view[_line_mask(y, inner, w, lo, hi)] = color
+        if k:
+            frame[k * panel] = (70, 70, 70)  # panel separator
+    if ended:
+        frame[:3] = frame[-3:] = (230, 40, 40)
+        frame[:, :3] = frame[:, -3:] = (230, 40, 40)
+    return frame
