@@ -42,6 +42,7 @@ __all__ = [
     "periods_per_year",
     "sharpe_standard_error",
     "trade_metrics",
+    "trade_metrics_batch",
 ]
 
 #: Keys of the dict returned by :func:`trade_metrics`, in order.
@@ -89,14 +90,12 @@ def fmt(x: float, spec: str = ".2f") -> str:
     return s
 
 
-def _ratio(num: float, den: float) -> float:
+def _ratios(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     # A ratio with zero dispersion is 0 when there is nothing to divide (a flat policy) and +-inf otherwise;
     # never NaN, so that tables and TensorBoard stay readable.
-    if den > 0.0:
-        return num / den
-    if num == 0.0:
-        return 0.0
-    return math.copysign(math.inf, num)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = num / den
+    return np.where(den > 0.0, q, np.where(num == 0.0, 0.0, np.copysign(np.inf, num)))
 
 
 def trade_metrics(
@@ -147,62 +146,121 @@ def trade_metrics(
         ValueError: on a non-1-D, empty, non-finite or negative curve, a first value <= 0, or a bad
             ``short_ratios``.
     """
-    if short_ratios not in _SHORT_RATIOS:
-        raise ValueError(f"short_ratios must be one of {_SHORT_RATIOS}, got {short_ratios!r}")
     eq = np.asarray(equity, dtype=np.float64)
     if eq.ndim != 1 or eq.size < 1:
         raise ValueError(f"equity must be a 1-D array with at least one value, got shape {eq.shape}")
-    bad = np.flatnonzero(~np.isfinite(eq) | (eq < 0))
-    if bad.size:
-        raise ValueError(f"equity must be finite and >= 0; got {eq[bad[0]]!r} at index {int(bad[0])}")
-    if eq[0] <= 0:
-        raise ValueError(f"equity[0] must be > 0 (the starting capital), got {eq[0]!r}")
+    batch = trade_metrics_batch(
+        eq[None, :],
+        bar_seconds=bar_seconds,
+        turnover=np.array([turnover], dtype=np.float64),
+        fees=np.array([fees], dtype=np.float64),
+        funding=np.array([funding], dtype=np.float64),
+        liquidations=np.array([liquidations], dtype=np.int64),
+        short_ratios=short_ratios,
+    )
+    # Python scalars of the same types as the keys' meaning (JSON- and logger-friendly).
+    return {k: _SCALAR_TYPES.get(k, float)(v[0]) for k, v in batch.items()}
+
+
+_SCALAR_TYPES = {"liquidations": int, "n_bars": int, "n_returns": int, "sharpe_meaningful": bool,
+                 "calmar_meaningful": bool}
+
+
+def trade_metrics_batch(
+    equity: np.ndarray,
+    *,
+    bar_seconds: int,
+    turnover: np.ndarray,
+    fees: np.ndarray,
+    funding: np.ndarray,
+    liquidations: np.ndarray,
+    short_ratios: str = "nan",
+) -> dict[str, np.ndarray]:
+    """:func:`trade_metrics` of several equity curves of one length at once (rows of ``equity``).
+
+    The one implementation of the formulas: :func:`trade_metrics` is this function on one row, and the
+    batched env (``envs.vec_env``) calls it on its finished episodes. Reductions run along the contiguous last
+    axis, so a row gives the same floating-point result as a 1-D curve.
+
+    Args:
+        equity: ``(n_curves, n_returns + 1)`` equity curves (see :func:`trade_metrics`).
+        bar_seconds: bar length, for annualization.
+        turnover, fees, funding, liquidations: ``(n_curves,)`` values passed through (turnover annualized).
+        short_ratios: as in :func:`trade_metrics`.
+
+    Returns:
+        :data:`METRIC_KEYS` -> arrays of shape ``(n_curves,)``.
+
+    Raises:
+        ValueError: a non-2-D, empty, non-finite or negative array, a first value <= 0, or a bad
+            ``short_ratios``.
+    """
+    if short_ratios not in _SHORT_RATIOS:
+        raise ValueError(f"short_ratios must be one of {_SHORT_RATIOS}, got {short_ratios!r}")
+    eq = np.asarray(equity, dtype=np.float64)
+    if eq.ndim != 2 or eq.shape[1] < 1:
+        raise ValueError(
+            f"equity must be a 2-D array of curves with at least one value, got shape {eq.shape}"
+        )
+    bad = ~np.isfinite(eq) | (eq < 0)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        where = f"index {int(j)}" if eq.shape[0] == 1 else f"curve {int(i)}, index {int(j)}"
+        raise ValueError(f"equity must be finite and >= 0; got {eq[i, j]!r} at {where}")
+    if (eq[:, 0] <= 0).any():
+        raise ValueError(f"equity[0] must be > 0 (the starting capital), got {eq[eq[:, 0] <= 0, 0][0]!r}")
     ppy = periods_per_year(bar_seconds)
-    n = eq.size - 1
+    n_curves, n = eq.shape[0], eq.shape[1] - 1
     seconds = n * float(bar_seconds)
     years = seconds / _SECONDS_PER_YEAR
-    total = float(eq[-1] / eq[0] - 1.0)
+    first, last = eq[:, 0], eq[:, -1]
+    total = last / first - 1.0
+    zeros = np.zeros(n_curves)
     if n >= 1:
-        prev = eq[:-1]
+        prev = eq[:, :-1]
         # After a wipe-out (equity 0) later returns are undefined; count them as 0 (nothing left to gain or
         # lose).
-        r = np.divide(eq[1:] - prev, prev, out=np.zeros(n), where=prev > 0)
-        mean = float(r.mean())
-        std = float(r.std(ddof=1)) if n > 1 else 0.0
-        downside = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)))
-        sharpe = _ratio(mean, std) * math.sqrt(ppy) if std > 0 else _ratio(mean, 0.0)
-        sortino = _ratio(mean, downside) * math.sqrt(ppy) if downside > 0 else _ratio(mean, 0.0)
-        peak = np.maximum.accumulate(eq)
+        r = np.divide(eq[:, 1:] - prev, prev, out=np.zeros((n_curves, n)), where=prev > 0)
+        mean = r.mean(axis=1)
+        std = r.std(axis=1, ddof=1) if n > 1 else zeros
+        downside = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2, axis=1))
+        root = math.sqrt(ppy)
+        sharpe = np.where(std > 0, _ratios(mean, std) * root, _ratios(mean, zeros))
+        sortino = np.where(downside > 0, _ratios(mean, downside) * root, _ratios(mean, zeros))
+        peak = np.maximum.accumulate(eq, axis=1)
         dd = np.divide(peak - eq, peak, out=np.zeros_like(eq), where=peak > 0)
-        mdd = float(dd.max())
+        mdd = dd.max(axis=1)
         # In logs, then capped: a short episode with a big return would overflow the power.
-        cagr = -1.0 if eq[-1] <= 0 else math.expm1(min(math.log(eq[-1] / eq[0]) * ppy / n, 700.0))
-        calmar = _ratio(cagr, mdd)
+        with np.errstate(divide="ignore"):
+            growth = np.minimum(np.log(last / first) * ppy / n, 700.0)
+        cagr = np.where(last <= 0, -1.0, np.expm1(growth))
+        calmar = _ratios(cagr, mdd)
     else:
-        sharpe = sortino = mdd = calmar = 0.0
+        sharpe = sortino = mdd = calmar = zeros
     sharpe_ok = seconds >= MIN_DAYS_SHARPE * _SECONDS_PER_DAY
     calmar_ok = seconds >= MIN_DAYS_CALMAR * _SECONDS_PER_DAY
     if short_ratios == "nan":
         if not sharpe_ok:
-            sharpe = sortino = math.nan
+            sharpe = sortino = np.full(n_curves, math.nan)
         if not calmar_ok:
-            calmar = math.nan
+            calmar = np.full(n_curves, math.nan)
+    turnover = np.asarray(turnover, dtype=np.float64)
     return {
         "total_return": total,
-        "sharpe": float(sharpe),
-        "sortino": float(sortino),
+        "sharpe": sharpe,
+        "sortino": sortino,
         "max_drawdown": mdd,
-        "calmar": float(calmar),
-        "turnover": float(turnover),
-        "turnover_per_year": float(turnover) / years if years > 0 else math.nan,
-        "fees": float(fees),
-        "funding": float(funding),
-        "liquidations": int(liquidations),
-        "n_bars": int(eq.size),
-        "n_returns": int(n),
-        "years": years,
-        "sharpe_meaningful": bool(sharpe_ok),
-        "calmar_meaningful": bool(calmar_ok),
+        "calmar": calmar,
+        "turnover": turnover,
+        "turnover_per_year": turnover / years if years > 0 else np.full(n_curves, math.nan),
+        "fees": np.asarray(fees, dtype=np.float64),
+        "funding": np.asarray(funding, dtype=np.float64),
+        "liquidations": np.asarray(liquidations, dtype=np.int64),
+        "n_bars": np.full(n_curves, eq.shape[1], dtype=np.int64),
+        "n_returns": np.full(n_curves, n, dtype=np.int64),
+        "years": np.full(n_curves, years),
+        "sharpe_meaningful": np.full(n_curves, sharpe_ok),
+        "calmar_meaningful": np.full(n_curves, calmar_ok),
     }
 
 

@@ -15,7 +15,7 @@ from gymnasium.vector.utils import batch_space
 from envs.contract import ExecutionConfig, MarginConfig
 from envs.features import FeatureConfig
 from envs.market import MarketData
-from envs.metrics import METRIC_KEYS, periods_per_year
+from envs.metrics import trade_metrics_batch
 from envs.trading_env import INFO_KEYS, CryptoFuturesEnv
 
 __all__ = ["CryptoFuturesVecEnv", "STATE_INFO_KEYS"]
@@ -253,7 +253,6 @@ class CryptoFuturesVecEnv(VectorEnv):
         self._max_notional = mg.max_notional
         self._flat_max = proto._flat_max
         self._flat_warned = False
-        self._ppy = periods_per_year(self.market.bar_seconds)
         self._reward_kind = proto._reward_kind
 
         # Account state, one column per sub-env (the fields of envs.contract.Account, equity, the moments of
@@ -867,10 +866,9 @@ class CryptoFuturesVecEnv(VectorEnv):
         """``envs.metrics.trade_metrics`` of the finished episodes ``idx``, as arrays over all sub-envs (0
         elsewhere), computed for all episodes of one length at once."""
         n = self.num_envs
-        ints = ("liquidations", "n_bars")
-        out = {k: np.zeros(n, dtype=np.int64 if k in ints else np.float64) for k in METRIC_KEYS}
         mask = np.zeros(n, dtype=bool)
         mask[idx] = True
+        out: dict[str, np.ndarray] = {}
         steps = self._g - self._ep_g[idx]
         for length in np.unique(steps):
             group = idx[steps == length]
@@ -878,13 +876,20 @@ class CryptoFuturesVecEnv(VectorEnv):
             curves = np.empty((group.size, length + 1))
             curves[:, 0] = self.initial_balance
             curves[:, 1:] = self._hist[rows, group[:, None]]
-            for k, v in _batch_trade_metrics(curves, self._ppy).items():
+            # The single env's training-episode metrics: annualized ratios kept even over short episodes.
+            batch = trade_metrics_batch(
+                curves,
+                bar_seconds=self.market.bar_seconds,
+                turnover=self._turn[group] / self.initial_balance,
+                fees=self._fees[group],
+                funding=self._fund[group],
+                liquidations=self._nliq[group],
+                short_ratios="keep",
+            )
+            for k, v in batch.items():
+                if k not in out:
+                    out[k] = np.zeros(n, dtype=v.dtype)
                 out[k][group] = v
-        out["turnover"][idx] = self._turn[idx] / self.initial_balance
-        out["fees"][idx] = self._fees[idx]
-        out["funding"][idx] = self._fund[idx]
-        out["liquidations"][idx] = self._nliq[idx]
-        out["n_bars"][idx] = steps
         result: dict[str, np.ndarray] = {}
         for k, v in out.items():
             result[k] = v
@@ -921,43 +926,3 @@ class CryptoFuturesVecEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"CryptoFuturesVecEnv(num_envs={self.num_envs}, {self.market.symbol!r}, {self.n_bars} bars)"
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``envs.metrics._ratio`` per entry: ``num / den`` if ``den > 0``, else 0 if ``num == 0``, else +-inf."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = num / den
-    return np.where(den > 0.0, q, np.where(num == 0.0, 0.0, np.copysign(np.inf, num)))
-
-
-def _batch_trade_metrics(eq: np.ndarray, ppy: float) -> dict[str, np.ndarray]:
-    """``envs.metrics.trade_metrics`` (return and risk keys) of the rows of ``eq``, curves of one length.
-
-    The same formulas, reductions along the contiguous axis (so the same summation as the 1-D function); the
-    equivalence test compares them with the single env's ``episode_metrics``.
-    """
-    n = eq.shape[1] - 1
-    first, last = eq[:, 0], eq[:, -1]
-    total = last / first - 1.0
-    prev = eq[:, :-1]
-    r = np.divide(eq[:, 1:] - prev, prev, out=np.zeros((eq.shape[0], n)), where=prev > 0)
-    mean = r.mean(axis=1)
-    std = r.std(axis=1, ddof=1) if n > 1 else np.zeros_like(mean)
-    downside = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2, axis=1))
-    zero = np.zeros_like(mean)
-    root = math.sqrt(ppy)
-    sharpe = np.where(std > 0, _ratio(mean, std) * root, _ratio(mean, zero))
-    sortino = np.where(downside > 0, _ratio(mean, downside) * root, _ratio(mean, zero))
-    peak = np.maximum.accumulate(eq, axis=1)
-    dd = np.divide(peak - eq, peak, out=np.zeros_like(eq), where=peak > 0)
-    mdd = dd.max(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        growth = np.minimum(np.log(last / first) * ppy / n, 700.0)
-    cagr = np.where(last <= 0, -1.0, np.expm1(growth))
-    return {
-        "total_return": total,
-        "sharpe": sharpe,
-        "sortino": sortino,
-        "max_drawdown": mdd,
-        "calmar": _ratio(cagr, mdd),
-    }

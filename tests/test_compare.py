@@ -575,7 +575,7 @@ def test_cli_real_compare_end_to_end(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 8 and (df["status"] == "ok").all(), df[["run", "error"]]
     assert np.isfinite(df["test_total_return"]).all()
-    # Each fold's test period is ~a week of hourly bars: too short to annualize a Sharpe ratio (not meaningful).
+    # Each fold tests on ~a week of hourly bars: too short to annualize a Sharpe ratio (not meaningful).
     assert df["test_sharpe"].isna().all()
     for _, r in df.iterrows():  # each run evaluated on its own held-out fold, after its training window
         assert r["train_stop"] <= r["test_start"]

@@ -238,7 +238,7 @@ def test_same_step_autoreset_reports_final_obs_and_info():
     np.testing.assert_array_equal(fi["bar_index"], starts + 3)
     assert (fi["position"] != 0).all() and (infos["position"] == 0).all()
     np.testing.assert_array_equal(infos["equity"], vec.initial_balance)
-    np.testing.assert_array_equal(fi["episode_metrics"]["n_bars"], 3)
+    np.testing.assert_array_equal(fi["episode_metrics"]["n_bars"], 4)  # 3 steps: 4 equity points
     # The returned observation is the new episode's first: equal to a fresh env reset at the drawn start.
     for i in range(4):
         single = CryptoFuturesEnv(vec.market, window=4, episode_bars=3)
