@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from agents.compare import register_cli
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv.insert(0, "train")
     parser = build_parser()
+    if not os.environ.get("PERPCLIP_DEBUG"):
+        warnings.showwarning = _one_line_warning
     try:
         args = parser.parse_args(argv)
         if not hasattr(args, "func"):
@@ -220,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """Warnings as one ``warning: ...`` line on stderr: the user needs the message (it says what to pass),
+    not the library line that raised it (``PERPCLIP_DEBUG=1`` keeps Python's format)."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main_exit() -> None:

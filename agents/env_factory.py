@@ -216,23 +216,43 @@ def make_period_env(market: Any, env_cfg: Any, period: Period) -> tuple[Any, int
 
 
 def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> VecEnv:
-    """The training VecEnv: ``n_envs`` Monitor-wrapped envs on the training market, seeded ``seed + i``.
+    """The training VecEnv: ``n_envs`` envs on the training market, episodes counted by a monitor.
 
-    Trading episodes start at random bars (drawn from each env's ``np_random``) and last
-    ``env.episode_bars``; execution episodes draw arrival bar, side and size the same way. For the
-    execution task the rewards (bp) are multiplied by ``exec_env.reward_scale`` after the Monitor, so
-    ``rollout/ep_rew_mean`` stays minus the mean shortfall in bp.
+    With more than one env and a task that has a batched env (``TaskSpec.make_batched_env``: the trading
+    task's ``envs.CryptoFuturesVecEnv``), the envs step together in numpy behind
+    ``agents.vec_adapter.SB3VecEnvAdapter`` + ``VecMonitor``, seeded ``seed`` (one generator draws every
+    episode start); otherwise ``n_envs`` Monitor-wrapped single envs in a ``DummyVecEnv``, seeded
+    ``seed + i``. Trading episodes start at random bars and last ``env.episode_bars``; execution episodes
+    draw arrival bar, side and size the same way. For the execution task the rewards (bp) are multiplied by
+    ``exec_env.reward_scale`` after the monitor, so ``rollout/ep_rew_mean`` stays minus the mean shortfall in
+    bp.
     """
     seed = cfg.algo.seed if seed is None else seed
     env_cfg = cfg.task_env
     # Build one env now so a bad env config fails here with a clear message rather than inside the VecEnv.
     probe = make_env(market, env_cfg)
     probe.close()
+    task = task_of(env_cfg)
+    vec: VecEnv
+    if task.make_batched_env is not None and cfg.algo.n_envs > 1:
+        from stable_baselines3.common.vec_env import VecMonitor
 
-    def factory() -> Any:
-        return make_env(market, env_cfg)
+        from agents.vec_adapter import SB3VecEnvAdapter
 
-    vec: VecEnv = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
+        kw = _env_kwargs(env_cfg, task.section)
+        try:
+            batched = task.make_batched_env(market, cfg.algo.n_envs, **kw)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"cannot build the {task.name} env: {exc}") from None
+        adapter = SB3VecEnvAdapter(batched)
+        adapter.seed(seed)
+        vec = VecMonitor(adapter)
+    else:
+
+        def factory() -> Any:
+            return make_env(market, env_cfg)
+
+        vec = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
     if cfg.spec.wrap_train_env is not None:
         vec = cfg.spec.wrap_train_env(vec, env_cfg)
     if cfg.algo.normalize_obs or cfg.algo.normalize_reward:

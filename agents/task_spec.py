@@ -61,6 +61,9 @@ class TaskSpec:
         whole_period: env overrides for an env that runs one whole period (evaluation).
         period_bars: ``env_cfg -> (bars, why)``: the shortest period the task can run, and why.
         wrap_train_env: ``(vec_env, env_cfg) -> vec_env``: training-only wrappers (reward scaling).
+        make_batched_env: ``(market, num_envs, **kwargs)`` -> a gymnasium ``VectorEnv`` stepping ``num_envs``
+            copies of ``make_env`` in one batched call, autoresetting in the same step (None: the task has
+            none, and training steps single envs in SB3's ``DummyVecEnv``).
         summary: compare table columns ``(metric, label, digits)`` (the default metric is plotted).
         reference: the baseline shown as a reference row in compare tables (None: none).
         describe: ``cfg -> text`` in the CLI's "training ..." line.
@@ -82,6 +85,7 @@ class TaskSpec:
     whole_period: Mapping[str, Any] = field(default_factory=dict)
     period_bars: Callable[[Any], tuple[int, str]] = lambda env_cfg: (2, "to run an episode")
     wrap_train_env: Callable[[Any, Any], Any] | None = None
+    make_batched_env: Callable[..., Any] | None = None
     summary: tuple[tuple[str, str, int], ...] = ()
     reference: str | None = None
     describe: Callable[[Any], str] = lambda cfg: ""

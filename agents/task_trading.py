@@ -159,6 +159,12 @@ def _make_env(market: Any, **kwargs: Any) -> Any:
     return CryptoFuturesEnv(market, **kwargs)
 
 
+def _make_batched_env(market: Any, num_envs: int, **kwargs: Any) -> Any:
+    from envs.vec_env import CryptoFuturesVecEnv
+
+    return CryptoFuturesVecEnv(market, num_envs=num_envs, **kwargs)
+
+
 def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     from envs.baselines import run_episode
 
@@ -234,6 +240,7 @@ TRADING = TaskSpec(
     section="env",
     config_cls=EnvConfig,
     make_env=_make_env,
+    make_batched_env=_make_batched_env,
     metrics=TRADING_METRICS,
     lower_is_better=("max_drawdown",),
     make_validator=_make_validator,

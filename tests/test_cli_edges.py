@@ -183,3 +183,17 @@ def test_console_script_points_at_the_cli(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         fn()
     assert exc.value.code == 0
+
+
+def test_library_warnings_print_as_one_line(capsys):
+    """A library warning reaching the CLI is one ``warning: ...`` line, without the raising source line."""
+    import warnings
+
+    from agents.cli import _one_line_warning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _one_line_warning
+        warnings.warn("a notional of 50,858 USDT is above\n  the first bracket", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert err == "warning: a notional of 50,858 USDT is above the first bracket\n"
