@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
     """Warnings as one ``warning: ...`` line on stderr: the user needs the message (it says what to pass),
     not the library line that raised it (``PERPCLIP_DEBUG=1`` keeps Python's format)."""
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
