@@ -56,12 +56,13 @@ def load_data(spec: str, funding: str | list[str] | None = None, **options: Any)
     ``options`` are passed through (``fill_gaps``, ``funding_tz``); None values are left out. This is where
     user data enters: the envs raise ``ValueError`` for bad files, and here it becomes a :class:`UserError`.
     """
-    from envs.loaders import load_market
+    from envs.loaders import load_market, split_tz_suffix
 
     files = [funding] if isinstance(funding, str) else list(funding or [])
     for f in files:
-        if not Path(f).is_file():
-            raise UserError(f"funding file {f!r} does not exist")
+        path, _ = split_tz_suffix(f)  # "web.csv@UTC+8": the file is web.csv
+        if not Path(path).is_file():
+            raise UserError(f"funding file {path!r} does not exist")
     kwargs = {k: v for k, v in options.items() if v is not None}
     if files:
         kwargs["funding"] = files[0] if len(files) == 1 else files

@@ -197,3 +197,91 @@ def test_library_warnings_print_as_one_line(capsys):
         warnings.warn("a notional of 50,858 USDT is above\n  the first bracket", UserWarning, stacklevel=1)
     err = capsys.readouterr().err
     assert err == "warning: a notional of 50,858 USDT is above the first bracket\n"
+
+
+def _user_files(tmp_path, n_bars=700, gap_at=300):
+    """A user's raw files: hourly bars (UTC) with one missing bar, the funding web export (UTC+8, newest
+    first, percent strings, BOM, quoted) for the first half and an API dump (UTC) for the second half, the
+    two overlapping."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    times = pd.date_range("2024-01-01", periods=n_bars, freq="1h")
+    close = 40_000 * np.exp(np.cumsum(rng.normal(0, 0.004, n_bars)))
+    open_ = np.r_[close[0], close[:-1]]
+    bars = pd.DataFrame(
+        {
+            "timestamp": times.strftime("%Y-%m-%d %H:%M:%S"),
+            "open": open_,
+            "high": np.maximum(open_, close) * 1.001,
+            "low": np.minimum(open_, close) * 0.999,
+            "close": close,
+            "volume": rng.uniform(500, 1500, n_bars),
+        }
+    ).drop(index=gap_at)
+    bars.to_csv(tmp_path / "bars.csv", index=False)
+    settle = pd.date_range("2024-01-01", periods=n_bars // 8 + 1, freq="8h")
+    rates = np.round(rng.normal(1e-4, 5e-5, len(settle)), 8)
+    half = len(settle) // 2
+    web = [
+        f'"{(t + pd.Timedelta(hours=8)):%Y-%m-%d %H:%M:%S}","BTCUSDT Perpetual","8h","{r * 100:.6f}%"'
+        for t, r in zip(settle[: half + 10], rates[: half + 10], strict=True)
+    ][::-1]
+    (tmp_path / "web.csv").write_text(
+        '\ufeff"Time","Contracts","Funding Interval","Funding Rate"\n' + "\n".join(web) + "\n",
+        encoding="utf-8",
+    )
+    api = ["fundingTime,fundingRate"] + [
+        f"{t:%Y-%m-%d %H:%M:%S}.001000,{r:.8f}" for t, r in zip(settle[half:], rates[half:], strict=True)
+    ]
+    (tmp_path / "api.csv").write_text("\n".join(api) + "\n")
+    return rates
+
+
+TINY_RUN = (
+    "--timesteps",
+    "64",
+    "--n-envs",
+    "1",
+    "--net-arch",
+    "8",
+    "--hp",
+    "n_steps=32,batch_size=32",
+    "--env",
+    "window=4,episode_bars=32",
+    "--no-progress",
+)
+
+
+def test_cli_takes_raw_user_files_with_gaps_and_zoned_merged_funding(tmp_path):
+    """--fill-gaps and a UTC+8 web export merged with a UTC API dump, through train.py and evaluate."""
+    import json
+
+    _user_files(tmp_path)
+    proc = run_cli("--data", "bars.csv", *TINY_RUN, "--run-dir", "r0", cwd=tmp_path)
+    assert_user_error(proc, "1 missing bar", "--fill-gaps")
+    assert not (tmp_path / "r0").exists()
+    funding = ("--funding", "web.csv@UTC+8", "--funding", "api.csv")
+    proc = run_cli("--data", "bars.csv", "--fill-gaps", *funding, *TINY_RUN, "--run-dir", "r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1" in proc.stderr and "fill" in proc.stderr.lower()  # the filled bar is reported, on one line
+    assert "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr
+    ev = run_cli("evaluate", "r", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["agent"]["funding"] != 0.0
+    # The web export read as UTC lands every rate on the wrong settlement: refused, naming the fix.
+    proc = run_cli("--data", "bars.csv", "--fill-gaps", "--funding", "web.csv", *TINY_RUN, cwd=tmp_path)
+    assert_user_error(proc, "web.csv@UTC+8")
+
+
+def test_cli_refuses_funding_files_that_disagree(tmp_path):
+    rates = _user_files(tmp_path)
+    lines = (tmp_path / "api.csv").read_text().splitlines()
+    t, r = lines[1].split(",")
+    lines[1] = f"{t},{float(r) + 1e-4:.8f}"  # one overlapping settlement differs by 1 bp
+    (tmp_path / "api.csv").write_text("\n".join(lines) + "\n")
+    funding = ("--funding", "web.csv@UTC+8", "--funding", "api.csv")
+    proc = run_cli("--data", "bars.csv", "--fill-gaps", *funding, *TINY_RUN, cwd=tmp_path)
+    assert_user_error(proc, "web.csv", "api.csv")
+    assert len(rates) > 20  # the two files overlap on 10 settlements
