@@ -197,8 +197,9 @@ class ClippedStep:
             stats = part.clipper.clip(part.params)
             part.last = stats
             part.stats.update(stats)
-            # ``skip`` is set on non-finite steps only (zclip's ``skip_update_on_spike`` freezes its statistics,
-            # ``stats_frozen``, and the clipped gradient is still applied); read both for plugin clippers.
+            # ``skip`` is set on non-finite steps only (zclip's ``skip_update_on_spike`` freezes its
+            # statistics, ``stats_frozen``, and the clipped gradient is still applied); both are read for
+            # plugin clippers.
             if stats.nonfinite or getattr(stats, "skip", False):
                 # grad=None, not zero: a zero gradient would still move Adam (momentum) and advance its state.
                 part.stats.skipped += 1

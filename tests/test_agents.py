@@ -672,7 +672,8 @@ def test_clip_inf_from_the_command_line_is_float_inf(tmp_path):
 
     args = build_parser().parse_args(["train", "--clip", "norm:max_norm=inf", "--algo", "ppo"])
     cfg = config_from_args(args)
-    assert cfg.clip.policy_kwargs == {"max_norm": math.inf} and cfg.clip.value_kwargs == {"max_norm": math.inf}
+    assert cfg.clip.policy_kwargs == {"max_norm": math.inf}
+    assert cfg.clip.value_kwargs == {"max_norm": math.inf}
     (spec,) = parse_clips("norm:max_norm=inf")
     assert dict(spec.policy.kwargs)["max_norm"] == math.inf
     save_config(cfg, tmp_path / "config.yaml")  # and it survives the run's config.yaml
