@@ -568,7 +568,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "clipper specs: name[:key=value,...][/value_name[:key=value,...]]\n"
+            "clipper specs: name[:key=value,...][/value_name[:key=value,...]]; a plugin clipper class:\n"
+            "  module.path:Class[:key=value,...] (its folder on PYTHONPATH, also reaches the workers)\n"
             "  a comma token with '=' and no ':' before it continues the previous spec; ';' always starts\n"
             "  a new one; --clips may be repeated. 'sb3' = SB3's own max_grad_norm (both parts).\n"
             "examples:\n"
