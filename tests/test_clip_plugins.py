@@ -100,8 +100,8 @@ def test_train_with_a_plugin_clipper_from_pythonpath(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["train", "--clip", "perpclip_test_plug:HalfNorm", *TINY, "--run-dir", str(tmp_path / "r2")]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=120,
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "PYTHONPATH" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -110,8 +110,8 @@ def test_train_with_a_plugin_clipper_from_pythonpath(tmp_path):
 def test_compare_with_a_plugin_clipper_in_spawned_workers(tmp_path):
     out = tmp_path / "cmp"
     clips = "none,perpclip_test_plug:HalfNorm:factor=0.25"
-    proc = _cli(tmp_path, "compare", "--clips", clips, "--seeds", "1", "--folds", "1", *TINY, "--workers", "2",
-                "--out", str(out))
+    grid = ("--clips", clips, "--seeds", "1", "--folds", "1")
+    proc = _cli(tmp_path, "compare", *grid, *TINY, "--workers", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 worker processes" in proc.stdout  # the spawn backend, not this process
     df = pd.read_csv(out / "results.csv")
