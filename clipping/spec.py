@@ -6,8 +6,8 @@ One clipper (``--clip``, ``--policy-clip``, ``--value-clip``)::
     name  := builtin_or_entry_point_name | module.path ':' Class
 
 A plugin class is named by its import path (``clipping.make_clipper`` imports it): ``mypkg.mod:MyClipper`` or
-``mypkg.mod:MyClipper:alpha=0.9``. The segment after the first ``:`` is read as the class when it holds no
-``=`` (a keyword always does), so ``zclip:z_thresh=2`` is still the built-in with a keyword. Built-in and
+``mypkg.mod:MyClipper:alpha=0.9``. The segment after the first ``:`` is read as the class when it is a
+dotted Python name without ``=`` (a keyword always has one), so ``zclip:z_thresh=2`` is still the built-in with a keyword. Built-in and
 entry-point names are lowercased; an import path keeps its case (Python names are case-sensitive).
 
 A list of compared configurations (``--clips`` of ``train.py compare``)::
@@ -88,11 +88,12 @@ def _kv(text: str, *, whole: str, token: str, parse_value: ValueParser, where: s
 
 
 def _split_name(piece: str) -> tuple[str, str, str, bool]:
-    """``(name, ':' or '', rest, is_import_path)``: ``mod:Cls[:kw]`` when the 2nd segment has no ``=``."""
+    """``(name, ':' or '', rest, is_import_path)``: ``mod:Cls[:kw]`` when the 2nd segment is a dotted
+    identifier (no ``=``); anything else after the first ``:`` is keywords (``norm:0.5`` fails as one)."""
     first, sep, rest = piece.partition(":")
     if sep:
         second, sep2, rest2 = rest.partition(":")
-        if "=" not in second and second.strip():
+        if "=" not in second and _DOTTED.match(second.strip()):
             return f"{first.strip()}:{second.strip()}", sep2, rest2, True
     return first.strip(), sep, rest, False
 
