@@ -5,8 +5,9 @@ the compare folder, so ``tensorboard --logdir <compare folder>`` shows every cur
 folder also gets ``results.csv`` (one row a run, with ``delta_vs_reference`` and the grad-norm stability
 columns), ``summary.md`` (the per-clipper table, the paired comparison with the ``--reference`` clipper,
 across-seed dispersion, definitions, folds, command), ``test_<metric>.png`` (``test_sharpe.png`` for trading),
-``test_<metric>_iqm.png`` (IQM with 95 % CIs) and ``commands.txt`` (every invocation, appended). Any registered task can be compared: runs are judged by the task's test metrics
-(``TaskSpec.summary_columns``) next to its reference baseline.
+``test_<metric>_iqm.png`` (IQM with 95 % CIs) and ``commands.txt`` (every invocation, appended). Any
+registered task can be compared: runs are judged by the task's test metrics (``TaskSpec.summary_columns``)
+next to its reference baseline.
 
 The parts, each behind a small interface:
 

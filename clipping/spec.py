@@ -6,9 +6,10 @@ One clipper (``--clip``, ``--policy-clip``, ``--value-clip``)::
     name  := builtin_or_entry_point_name | module.path ':' Class
 
 A plugin class is named by its import path (``clipping.make_clipper`` imports it): ``mypkg.mod:MyClipper`` or
-``mypkg.mod:MyClipper:alpha=0.9``. The segment after the first ``:`` is read as the class when it is a
-dotted Python name without ``=`` (a keyword always has one), so ``zclip:z_thresh=2`` is still the built-in with a keyword. Built-in and
-entry-point names are lowercased; an import path keeps its case (Python names are case-sensitive).
+``mypkg.mod:MyClipper:alpha=0.9``. The segment after the first ``:`` is read as the class when it is a dotted
+Python name without ``=`` (a keyword always has one), so ``zclip:z_thresh=2`` is still the built-in with a
+keyword. Built-in and entry-point names are lowercased; an import path keeps its case (Python names are
+case-sensitive).
 
 A list of compared configurations (``--clips`` of ``train.py compare``)::
 
