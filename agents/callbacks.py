@@ -20,7 +20,8 @@ __all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallba
 
 
 class ClipLoggerCallback(BaseCallback):
-    """Records ``clip/<part>/{grad_norm,threshold,bound,clip_fraction,nonfinite}``; stops a diverged run.
+    """Records ``clip/<part>/{grad_norm,threshold,bound,clip_fraction,frozen_fraction,nonfinite}``; stops a
+    diverged run.
 
     The clip hooks accumulate python floats on every optimizer step; this callback turns them into means at
     the start of each rollout, i.e. right after the previous ``train()``. On-policy algorithms dump their logs
@@ -30,8 +31,14 @@ class ClipLoggerCallback(BaseCallback):
     ``grad_norm`` is the mean pre-clip gradient norm of the finite steps, ``threshold`` the mean applied
     threshold (finite ones only: ``none`` has none), ``bound`` the mean clip level in force
     (``ClipStats.bound``: defined on every step, so adaptive thresholds plot as a continuous curve),
-    ``clip_fraction`` the share of finite steps that were clipped, and ``nonfinite`` the running total of
-    skipped steps.
+    ``clip_fraction`` the share of finite steps that were clipped, ``frozen_fraction`` the share of finite
+    steps whose norm the clipper kept out of its statistics (``ClipStats.stats_frozen``: zclip with
+    ``skip_update_on_spike=True`` on a spike; the update itself is applied), and ``nonfinite`` the running
+    total of skipped steps (also ``clip/ent_coef/nonfinite`` for SAC's guarded entropy coefficient).
+
+    The last update's statistics would otherwise never be written (SB3 dumps before ``train()``, and no dump
+    follows the last one), so :meth:`_on_training_end` records them and dumps once more, with
+    ``time/total_timesteps`` so that the row can be told apart.
 
     Args:
         hooks: the model's clip hooks.
@@ -65,6 +72,8 @@ class ClipLoggerCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._flush()
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(self.num_timesteps)
 
 
 class TradeMetricsCallback(BaseCallback):

@@ -22,7 +22,9 @@ Partition of a shared optimizer (PPO, A2C, RecurrentPPO): the value part is ``va
 ``mlp_extractor.policy_net``, ``log_std``, the shared features extractor, a shared LSTM) is the policy part.
 Shared layers go to the policy part because the policy gradient is the one whose spikes move behaviour; they
 receive both losses' gradients. SAC/TD3 have an actor and a critic optimizer: each is one part.
-SAC's entropy-coefficient optimizer (one scalar) is not clipped.
+SAC's entropy-coefficient optimizer (one scalar, ``log_ent_coef``) is not clipped but guarded the same way
+(:class:`NonFiniteGuard`): a non-finite gradient skips its step and is counted (``clip/ent_coef/nonfinite``),
+because one NaN there would make ``log_ent_coef`` NaN and with it every later loss.
 
 Consequence on one-optimizer algorithms (PPO, A2C, RecurrentPPO): SB3 still calls
 ``clip_grad_norm_(parameters, inf)``, which multiplies every gradient by
@@ -32,7 +34,13 @@ thus reaches both, and the whole step is skipped (both parts count it). The per-
 
 SB3's own ``max_grad_norm`` must be ``inf`` on a hooked model, otherwise PPO/A2C would clip the joint
 gradient *before* the hook (``clip_grad_norm_`` runs ahead of ``optimizer.step``) and everything would be
-clipped twice.
+clipped twice. Why per-part clipping at all: the two parts' gradient norms differ by a factor that varies
+(an audit measured a value/policy median of 0.11 on the trading task early in training), so one global clip
+lets the larger part set how far both move.
+
+zclip with ``skip_update_on_spike=True`` does not skip anything here: on a spike it only keeps the norm out of
+its statistics (``ClipStats.stats_frozen``) and the clipped gradient is applied; ``ClipStats.skip`` means
+non-finite gradients only. The share of such updates is logged as ``clip/<part>/frozen_fraction``.
 
 Clipper state is stored inside ``model.zip`` as an extra archive member ``perpclip_clippers.pt`` (not
 ``.pth``: SB3's loader treats every ``.pth`` member as a state dict to load into the model), so a model file
@@ -59,6 +67,7 @@ __all__ = [
     "ClipHooks",
     "ClippedPart",
     "ClippedStep",
+    "NonFiniteGuard",
     "PartStats",
     "attach_clippers",
     "read_clipper_state",
@@ -82,8 +91,10 @@ class PartStats:
     clipped: int = 0
     nonfinite: int = 0
     skipped: int = 0
+    frozen: int = 0
     consecutive_nonfinite: int = 0
     window_n: int = 0
+    window_frozen: int = 0
     window_norm: float = 0.0
     window_clipped: int = 0
     window_threshold: float = 0.0
@@ -103,6 +114,9 @@ class PartStats:
         if stats.clipped:
             self.clipped += 1
             self.window_clipped += 1
+        if getattr(stats, "stats_frozen", False):  # plugins built on an older ClipStats lack the field
+            self.frozen += 1
+            self.window_frozen += 1
         if math.isfinite(stats.threshold):
             self.window_threshold += stats.threshold
             self.window_threshold_n += 1
@@ -118,11 +132,13 @@ class PartStats:
         if self.window_n:
             out["grad_norm"] = self.window_norm / self.window_n
             out["clip_fraction"] = self.window_clipped / self.window_n
+            out["frozen_fraction"] = self.window_frozen / self.window_n
         if self.window_threshold_n:
             out["threshold"] = self.window_threshold / self.window_threshold_n
         if self.window_bound_n:
             out["bound"] = self.window_bound / self.window_bound_n
         self.window_n = self.window_clipped = self.window_threshold_n = self.window_bound_n = 0
+        self.window_frozen = 0
         self.window_norm = self.window_threshold = self.window_bound = 0.0
         return out
 
@@ -132,6 +148,7 @@ class PartStats:
             "clipped": self.clipped,
             "nonfinite": self.nonfinite,
             "skipped": self.skipped,
+            "frozen": self.frozen,
         }
 
 
@@ -180,7 +197,9 @@ class ClippedStep:
             stats = part.clipper.clip(part.params)
             part.last = stats
             part.stats.update(stats)
-            # ``skip``: non-finite gradients, or a zclip spike with ``skip_update_on_spike=True``.
+            # ``skip`` is set on non-finite steps only (zclip's ``skip_update_on_spike`` freezes its
+            # statistics, ``stats_frozen``, and the clipped gradient is still applied); both are read for
+            # plugin clippers.
             if stats.nonfinite or getattr(stats, "skip", False):
                 # grad=None, not zero: a zero gradient would still move Adam (momentum) and advance its state.
                 part.stats.skipped += 1
@@ -190,6 +209,52 @@ class ClippedStep:
                 stepped = True
         if stepped:
             self._step()
+        return loss
+
+    def detach(self) -> None:
+        """Restore the optimizer's own ``step``."""
+        if vars(self.optimizer).get("step") is self:
+            del self.optimizer.step
+
+
+class NonFiniteGuard:
+    """Replacement for the ``step`` of an optimizer that is not clipped (SAC's entropy coefficient): a step
+    whose gradients are not all finite is skipped (``p.grad = None``: no parameter change, no Adam state
+    advance) and counted.
+
+    The counters live only as long as the model object (they are not saved with ``model.zip``).
+
+    Args:
+        optimizer: the torch optimizer to guard.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        if "step" in vars(optimizer):
+            raise RuntimeError("optimizer.step is already wrapped; detach the old clip hooks first")
+        self.optimizer = optimizer
+        self.params = _optimizer_params(optimizer)
+        self.steps = 0
+        self.nonfinite = 0
+        self.consecutive_nonfinite = 0
+        self._step: Callable[..., Any] = optimizer.step
+        optimizer.step = self  # type: ignore[method-assign]
+
+    def __call__(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        self.steps += 1
+        # One host sync for all gradients (here: one scalar).
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.nonfinite += 1
+            self.consecutive_nonfinite += 1
+            for p in self.params:
+                p.grad = None
+            return loss
+        self.consecutive_nonfinite = 0
+        self._step()
         return loss
 
     def detach(self) -> None:
@@ -231,15 +296,24 @@ def split_actor_critic(policy: torch.nn.Module) -> tuple[list[torch.Tensor], lis
 
 
 class ClipHooks:
-    """The clippers attached to one model: parts by name, and the wrapped optimizers."""
+    """The clippers attached to one model: parts by name, the wrapped optimizers, and the guarded unclipped
+    optimizers (``guards``: ``{"ent_coef": ...}`` for SAC with a learned entropy coefficient)."""
 
-    def __init__(self, parts: dict[str, ClippedPart], steps: list[ClippedStep]) -> None:
+    def __init__(
+        self,
+        parts: dict[str, ClippedPart],
+        steps: list[ClippedStep],
+        guards: dict[str, NonFiniteGuard] | None = None,
+    ) -> None:
         self.parts = parts
         self.steps = steps
+        self.guards = dict(guards or {})
 
     def detach(self) -> None:
         for s in self.steps:
             s.detach()
+        for g in self.guards.values():
+            g.detach()
 
     def flush(self) -> dict[str, dict[str, float]]:
         """Per part: window means (grad_norm, threshold, clip_fraction) and the running non-finite total."""
@@ -248,6 +322,8 @@ class ClipHooks:
             d = part.stats.flush()
             d["nonfinite"] = float(part.stats.nonfinite)
             out[name] = d
+        for name, guard in self.guards.items():
+            out[name] = {"nonfinite": float(guard.nonfinite)}
         return out
 
     def clip_fraction(self) -> dict[str, float]:
@@ -259,10 +335,17 @@ class ClipHooks:
         return out
 
     def nonfinite(self) -> dict[str, int]:
+        """Steps skipped for non-finite gradients, per clipped part."""
         return {name: part.stats.nonfinite for name, part in self.parts.items()}
 
+    def guarded_nonfinite(self) -> dict[str, int]:
+        """Steps skipped for non-finite gradients by each guarded, unclipped optimizer (``ent_coef``)."""
+        return {name: guard.nonfinite for name, guard in self.guards.items()}
+
     def max_consecutive_nonfinite(self) -> int:
-        return max((p.stats.consecutive_nonfinite for p in self.parts.values()), default=0)
+        counts = [p.stats.consecutive_nonfinite for p in self.parts.values()]
+        counts += [g.consecutive_nonfinite for g in self.guards.values()]
+        return max(counts, default=0)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: each clipper's name, config, statistics, and the part counters."""
@@ -293,6 +376,7 @@ class ClipHooks:
             part.stats.clipped = int(totals.get("clipped", 0))
             part.stats.nonfinite = int(totals.get("nonfinite", 0))
             part.stats.skipped = int(totals.get("skipped", 0))
+            part.stats.frozen = int(totals.get("frozen", 0))
 
 
 def _make(name: str, kwargs: dict[str, Any]) -> Any:
@@ -342,7 +426,11 @@ def attach_clippers(
             "value": ClippedPart("value", clippers["value"], critic),
         }
         steps = [ClippedStep(model.policy.optimizer, [parts["policy"], parts["value"]])]
-    return ClipHooks(parts, steps)
+    guards = {}
+    ent_opt = getattr(model, "ent_coef_optimizer", None)  # SAC with ent_coef="auto" (None when fixed)
+    if ent_opt is not None:
+        guards["ent_coef"] = NonFiniteGuard(ent_opt)
+    return ClipHooks(parts, steps, guards)
 
 
 def write_clipper_state(zip_path: str | Path, hooks: ClipHooks) -> None:

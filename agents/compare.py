@@ -2,10 +2,12 @@
 
 Each run is an ordinary run folder (``agents.run.train`` then ``agents.run.evaluate(split="test")``) inside
 the compare folder, so ``tensorboard --logdir <compare folder>`` shows every curve side by side. The compare
-folder also gets ``results.csv`` (one row a run), ``summary.md`` (the per-clipper table, definitions, folds,
-command), ``test_<metric>.png`` (``test_sharpe.png`` for trading) and ``commands.txt`` (every invocation,
-appended). Any registered task can be compared: runs are judged by the task's test metrics
-(``TaskSpec.summary_columns``) next to its reference baseline.
+folder also gets ``results.csv`` (one row a run, with ``delta_vs_reference`` and the grad-norm stability
+columns), ``summary.md`` (the per-clipper table, the paired comparison with the ``--reference`` clipper,
+across-seed dispersion, definitions, folds, command), ``test_<metric>.png`` (``test_sharpe.png`` for trading),
+``test_<metric>_iqm.png`` (IQM with 95 % CIs) and ``commands.txt`` (every invocation, appended). Any
+registered task can be compared: runs are judged by the task's test metrics (``TaskSpec.summary_columns``)
+next to its reference baseline.
 
 The parts, each behind a small interface:
 
@@ -38,7 +40,19 @@ import pandas as pd
 
 from agents.compare_backends import default_workers, make_backend
 from agents.compare_outcome import Runner, execute_job
-from agents.compare_report import DEFINITIONS, format_summary, plot_metric, results_frame, summarize
+from agents.compare_report import (
+    DEFINITIONS,
+    PAIRED_DEFINITIONS,
+    format_dispersion,
+    format_paired,
+    format_summary,
+    paired_report,
+    plot_iqm,
+    plot_metric,
+    primary_metric,
+    results_frame,
+    summarize,
+)
 from agents.compare_spec import (
     ClipSpec,
     FoldRanges,
@@ -129,6 +143,9 @@ class CompareResult:
         table: the summary as Markdown.
         n_ran: runs executed by this call; n_skipped: finished runs found and skipped; n_failed: failed runs
             in the grid (this call or earlier).
+        paired: one row per clipper: IQM with CI, dispersion and the paired comparison with ``reference``
+            on the test ``metric`` (:func:`agents.compare_report.paired_report`).
+        reference: the reference clipper's label; metric: the test metric of ``paired``.
     """
 
     out_dir: Path
@@ -138,6 +155,9 @@ class CompareResult:
     n_ran: int
     n_skipped: int
     n_failed: int
+    paired: pd.DataFrame | None = None
+    reference: str | None = None
+    metric: str | None = None
 
 
 def _new_out_dir(root: Path = Path("runs")) -> Path:
@@ -169,6 +189,7 @@ def run_compare(
     runner: Runner | None = None,
     command: str | None = None,
     log: Callable[[str], None] | None = print,
+    reference: str | None = None,
 ) -> CompareResult:
     """Run (or resume) a compare and write its results.
 
@@ -189,6 +210,8 @@ def run_compare(
             real runner, every config, clipper and fold is checked before anything is launched.
         command: the command line, recorded in commands.txt and summary.md.
         log: where progress lines go (``None``: silent).
+        reference: the clipper spec the others are compared with, pair by pair (same seed, same fold);
+            default ``none`` if it is in the grid, else the first spec.
 
     Returns:
         The :class:`CompareResult`; the table is also in ``summary.md``.
@@ -201,6 +224,7 @@ def run_compare(
     plan = _plan(
         base_config, clips, seeds, folds, n_bars, fold_mode, test_bars, min_train_bars, val_bars, gap, runner
     )
+    ref_label = _reference_label(reference, plan.specs)
     runner = runner if runner is not None else AgentsRunner()
     out_dir = Path(out) if out is not None else _new_out_dir()
     if out_dir.exists() and not out_dir.is_dir():
@@ -231,10 +255,15 @@ def run_compare(
             frame, order=[s.label for s in plan.specs], columns=columns, reference=plan.task.reference
         )
         table = format_summary(summary, columns)
-        _write_outputs(store, frame, summary, table, plan, command, getattr(runner, "model", None))
+        paired = _paired(frame, plan, ref_label)
+        frame = results_frame(frame.assign(delta_vs_reference=paired.deltas).to_dict("records"))
+        _write_outputs(store, frame, summary, table, plan, command, getattr(runner, "model", None), paired)
     n_failed = int((frame["status"] != "ok").sum())
     say("")
     say(table)
+    say("")
+    say(paired.heading)
+    say(paired.table_md)
     say("")
     say(
         f"compare: {len(ordered) - n_failed} ok, {n_failed} failed of {len(plan.jobs)} run(s); "
@@ -243,7 +272,66 @@ def run_compare(
     )
     if n_failed:
         say(f"compare: failed runs keep their traceback in <run>/{TRACEBACK_FILE}")
-    return CompareResult(out_dir, frame, summary, table, len(todo), n_skipped, n_failed)
+    return CompareResult(
+        out_dir, frame, summary, table, len(todo), n_skipped, n_failed, paired.table, ref_label, paired.metric
+    )
+
+
+def _reference_label(reference: str | None, specs: Sequence[ClipSpec]) -> str:
+    """The label of the reference spec: ``reference`` in canonical form, checked to be in the grid."""
+    labels = [s.label for s in specs]
+    if reference is None:
+        return "none" if "none" in labels else labels[0]
+    try:
+        parsed = parse_clips(reference, validate=False)
+    except ValueError as exc:
+        raise UserError(f"--reference: {exc}") from None
+    if len(parsed) != 1 or parsed[0].label not in labels:
+        raise UserError(
+            f"--reference {reference!r} is not one of the compared clipper specs ({', '.join(labels)}); "
+            "give one of them, e.g. --reference " + labels[0]
+        )
+    return parsed[0].label
+
+
+@dataclass(frozen=True)
+class _PairedOut:
+    """The paired statistics of a compare and their text."""
+
+    metric: str
+    label: str
+    reference: str
+    note: str
+    table: pd.DataFrame
+    deltas: pd.Series
+    heading: str
+    table_md: str
+    dispersion_md: str
+
+
+def _paired(frame: pd.DataFrame, plan: _Plan, ref_label: str) -> _PairedOut:
+    task = plan.task
+    columns = task.summary_columns()
+    metric, note = primary_metric(frame, task.default_metric, columns)
+    label, digits = next(((lab, d) for key, lab, d in columns if key == metric), (f"test {metric}", 4))
+    order = [s.label for s in plan.specs]
+    table, deltas = paired_report(
+        frame, order, metric=metric, reference=ref_label, lower_is_better=metric in task.lower_is_better
+    )
+    heading = f"Paired comparison with `{ref_label}` on {label} (same seed, same fold)"
+    if note:
+        heading += f"; {note}, so {label} is used"
+    return _PairedOut(
+        metric,
+        label,
+        ref_label,
+        note,
+        table,
+        deltas,
+        heading,
+        format_paired(table, label=label, digits=digits),
+        format_dispersion(table, digits=digits),
+    )
 
 
 @dataclass(frozen=True)
@@ -401,6 +489,7 @@ def _write_outputs(
     plan: _Plan,
     command: str | None,
     evaluated: str | None = None,
+    paired: _PairedOut | None = None,
 ) -> None:
     # results.csv / summary.md / the plot are derived from the runs' result.json files (never lost), so they
     # are rewritten as a whole on resume; written to a temp name first so a crash leaves the old ones intact.
@@ -425,6 +514,19 @@ def _write_outputs(
         plot_line = f"![{label} per clipper]({_plot_file(task)})\n\n"
     except Exception as err:  # a plot must not cost the tables
         plot_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
+    paired_text = ""
+    if paired is not None:
+        iqm_file = f"test_{paired.metric}_iqm.png"
+        try:
+            plot_iqm(paired.table, out_dir / iqm_file, label=paired.label)
+            iqm_line = f"![{paired.label} IQM per clipper]({iqm_file})\n\n"
+        except Exception as err:  # a plot must not cost the tables
+            iqm_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
+        paired_text = (
+            f"## {paired.heading}\n\n{paired.table_md}\n\n{iqm_line}"
+            f"### Across-seed dispersion of {paired.label}\n\n{paired.dispersion_md}\n\n"
+            f"### Definitions (paired statistics)\n\n{PAIRED_DEFINITIONS}\n\n"
+        )
     algo = base_config.get("algo", {})
     data = base_config.get("data", {})
     fold_lines = "\n".join(
@@ -442,6 +544,7 @@ def _write_outputs(
         f"data `{data.get('data')}`; seeds {list(seeds)}; {len(folds)} walk-forward fold(s)"
         f"{f'; evaluated model: {evaluated}' if evaluated else ''}.\n\n"
         f"{table}\n\n{plot_line}"
+        f"{paired_text}"
         f"## Definitions\n\n{DEFINITIONS}\n\n"
         f"## Folds (bar index ranges [start, stop))\n\n| fold | train | val | test |\n|---|---|---|---|\n"
         f"{fold_lines}\n\n## Failed runs\n\n{fail_lines}\n"
@@ -467,7 +570,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "clipper specs: name[:key=value,...][/value_name[:key=value,...]]\n"
+            "clipper specs: name[:key=value,...][/value_name[:key=value,...]]; a plugin clipper class:\n"
+            "  module.path:Class[:key=value,...] (its folder on PYTHONPATH, also reaches the workers)\n"
             "  a comma token with '=' and no ':' before it continues the previous spec; ';' always starts\n"
             "  a new one; --clips may be repeated. 'sb3' = SB3's own max_grad_norm (both parts).\n"
             "examples:\n"
@@ -522,6 +626,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         help="run on this Ray cluster instead (pip install 'perpclip[distributed]')",
     )
     p.add_argument("--retry-failed", action="store_true", help="run the runs recorded as failed again")
+    p.add_argument(
+        "--reference",
+        metavar="CLIP",
+        help="the clipper spec every other one is compared with, run by run (same seed, same fold): IQM "
+        "with 95%% CIs, paired differences, probability of improvement, Holm-corrected Wilcoxon p-values "
+        "(default: none if it is compared, else the first spec)",
+    )
     p.set_defaults(func=run_from_args)
     return p
 
@@ -561,6 +672,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         runner=AgentsRunner(model=args.model),
         command=command,
+        reference=args.reference,
     )
     total = len(result.results)
     return 1 if total and result.n_failed == total else 0

@@ -183,6 +183,38 @@ def final_action_std(run_dir: Path) -> float | None:
     return float(col["train/std"].dropna().iloc[-1])
 
 
+#: Spikes are logged grad-norm values above median + SPIKE_MADS * MAD (``agents.stats.count_spikes``).
+SPIKE_MADS = 5.0
+
+
+def grad_norm_stability(run_dir: Path) -> dict[str, float]:
+    """Per clipped part, from ``progress.csv``'s ``clip/<part>/grad_norm`` series: ``grad_spikes_<part>``
+    (values above median + 5 MAD, :func:`agents.stats.count_spikes`) and ``grad_kurtosis_<part>`` (excess
+    kurtosis, :func:`agents.stats.excess_kurtosis`). Empty when the run logged no such series (``clip: sb3``,
+    or a runner that writes no progress.csv).
+
+    Each logged value is the mean over one logging interval (a rollout's updates for PPO), not one update.
+    """
+    from agents import stats
+
+    path = Path(run_dir) / "progress.csv"
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path, usecols=lambda c: c.startswith("clip/") and c.endswith("/grad_norm"))
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    out: dict[str, float] = {}
+    for col in sorted(df.columns):
+        part = col.split("/")[1]
+        series = pd.to_numeric(df[col], errors="coerce").dropna().to_numpy(dtype=float)
+        if series.size == 0:
+            continue
+        out[f"grad_spikes_{part}"] = float(stats.count_spikes(series, SPIKE_MADS))
+        out[f"grad_kurtosis_{part}"] = stats.excess_kurtosis(series)
+    return out
+
+
 def _baseline_metrics(job: RunJob) -> tuple[str, ...]:
     from agents.tasks import TASKS
 
@@ -210,6 +242,7 @@ def execute_job(job: RunJob, out_dir: str | Path, runner: Runner) -> dict[str, A
             return outcome.row()
         outcome.record_train(tr)
         outcome.action_std = final_action_std(run_dir)
+        outcome.train.update(grad_norm_stability(run_dir))
         stage = "evaluate"
         outcome.record_eval(runner.evaluate(run_dir), _baseline_metrics(job))
         outcome.status = "ok"

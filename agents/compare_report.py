@@ -17,7 +17,19 @@ import pandas as pd
 
 from agents.reporting import format_cell
 
-__all__ = ["DEFINITIONS", "format_summary", "plot_metric", "results_frame", "summarize"]
+__all__ = [
+    "DEFINITIONS",
+    "PAIRED_DEFINITIONS",
+    "format_dispersion",
+    "format_paired",
+    "format_summary",
+    "paired_report",
+    "plot_iqm",
+    "plot_metric",
+    "primary_metric",
+    "results_frame",
+    "summarize",
+]
 
 #: Leading columns of results.csv, in order; metric columns follow as they appear.
 LEAD_COLUMNS = (
@@ -47,6 +59,7 @@ LEAD_COLUMNS = (
     "test_n_bars",
 )
 TAIL_COLUMNS = (
+    "delta_vs_reference",
     "diverged",
     "diverged_reason",
     "collapsed",
@@ -215,6 +228,217 @@ def plot_metric(
     ax.axhline(0.0, color="black", lw=0.5)
     ax.set_ylabel(label)
     ax.set_title(title or f"{label} per clipper (each point: one seed x fold)", fontsize=10)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paired statistics against a reference clipper
+
+#: What the paired table and the dispersion table mean (a constant: ``python -OO`` strips docstrings).
+PAIRED_DEFINITIONS = """\
+- **IQM [95 % CI]**: interquartile mean of the clipper's test metric over its finished runs (the mean of the
+  middle half: robust to one lucky or broken seed), with a stratified bootstrap percentile CI (runs are
+  resampled within each walk-forward fold, and within each market when there are several; 2000
+  replicates, seed 0). Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021).
+- **paired cells**: runs of this clipper and of the reference with the same seed on the same fold (and
+  market): they saw the same data and the same initial randomness, so their difference removes the luck
+  they share. Only cells where both runs finished with a finite metric count.
+- **Δ vs ref [95 % CI]**: mean of the per-cell differences (clipper - reference) in the metric's units, with
+  a stratified bootstrap CI over cells. `delta_vs_reference` in results.csv is that per-run difference.
+- **P(improve) [95 % CI]**: share of cells where the clipper did better than the reference (ties count one
+  half; "better" is lower for lower-is-better metrics such as a shortfall), averaged over strata.
+- **W/L/T**: cells won / lost / tied.
+- **p (Holm)**: two-sided Wilcoxon signed-rank p-value of the per-cell differences, Holm-corrected across
+  the clippers compared with the reference (family-wise error control); the raw p-value is in brackets.
+  With few cells no p-value can be small (5 cells: the smallest two-sided Wilcoxon p is 0.0625).
+- **dispersion**: across-seed spread of the final metric per clipper: median, interquartile range (IQR)
+  and min-max of the finished runs.
+- **stability columns** (results.csv, from each run's progress.csv): `grad_spikes_<part>` counts the logged
+  `clip/<part>/grad_norm` values above median + 5 MAD (raw median absolute deviation; each logged value
+  is a mean over one logging interval, not one update), `grad_kurtosis_<part>` is their excess kurtosis
+  (0 for a normal distribution, larger for heavier tails)."""
+
+#: Bootstrap replicates and seed of every CI in the paired table.
+PAIRED_N_BOOT = 2000
+PAIRED_SEED = 0
+
+
+def primary_metric(df: pd.DataFrame, preferred: str, columns: Columns) -> tuple[str, str]:
+    """The metric the paired statistics use: ``preferred`` (the task's default metric) if any finished run
+    has a finite value of it, else the first of ``columns`` that has; ``(metric, why)`` (``why`` is empty
+    unless it fell back)."""
+    ok = df[df["status"] == "ok"] if "status" in df else df
+
+    def has(metric: str) -> bool:
+        col = f"test_{metric}"
+        return col in ok and bool(np.isfinite(pd.to_numeric(ok[col], errors="coerce")).any())
+
+    if has(preferred):
+        return preferred, ""
+    for key, _, _ in columns:
+        if has(key):
+            return key, f"test {preferred} has no finite value in any run (e.g. periods too short for it)"
+    return preferred, ""
+
+
+def _strata_keys(df: pd.DataFrame) -> list[str]:
+    keys = ["fold"]
+    if "market" in df and df["market"].nunique(dropna=True) > 1:
+        keys.insert(0, "market")
+    return keys
+
+
+def _finite_runs(df: pd.DataFrame, clip: str, metric: str) -> pd.DataFrame:
+    col = f"test_{metric}"
+    g = df[(df["clip"] == clip) & (df["status"] == "ok")] if col in df else df.iloc[:0]
+    values = pd.to_numeric(g[col], errors="coerce") if len(g) else pd.Series(dtype=float)
+    return g.assign(_value=values)[np.isfinite(values)] if len(g) else g.assign(_value=values)
+
+
+def paired_report(
+    df: pd.DataFrame,
+    order: Sequence[str],
+    *,
+    metric: str,
+    reference: str,
+    lower_is_better: bool = False,
+    n_boot: int = PAIRED_N_BOOT,
+    seed: int = PAIRED_SEED,
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Per clipper: IQM with CI, dispersion and (but for the reference) the paired comparison with the
+    reference on ``test_<metric>``; and the per-run differences to the reference.
+
+    Cells are (seed, fold) (plus market when the results have several): see :data:`PAIRED_DEFINITIONS`.
+    The numbers come from :mod:`agents.stats` (``iqm_ci``, ``paired_comparison``,
+    ``paired_probability_of_improvement_ci``, ``holm``, ``dispersion``).
+
+    Returns:
+        ``(table, deltas)``: one row per clipper of ``order`` (columns ``clip, n, iqm, iqm_low, iqm_high,
+        median, iqr, min, max, cells, delta, delta_low, delta_high, poi, poi_low, poi_high, wins, losses,
+        ties, p_value, p_holm``; NaN where not defined), and ``delta_vs_reference`` per row index of ``df``
+        (NaN for the reference's own runs and unpaired runs).
+    """
+    from agents import stats
+
+    strata_keys = _strata_keys(df)
+    cell_keys = [*strata_keys, "seed"]
+    sign = -1.0 if lower_is_better else 1.0
+    deltas = pd.Series(np.nan, index=df.index, name="delta_vs_reference")
+    ref = _finite_runs(df, reference, metric)
+    ref_by_cell = {tuple(r[k] for k in cell_keys): r["_value"] for _, r in ref.iterrows()}
+    rows: list[dict[str, Any]] = []
+    for clip in order:
+        g = _finite_runs(df, clip, metric)
+        rec: dict[str, Any] = {"clip": clip, "reference": clip == reference, "n": len(g)}
+        if len(g):
+            strata = [tuple(r[k] for k in strata_keys) for _, r in g.iterrows()]
+            ci = stats.iqm_ci(g["_value"].to_numpy(float), strata, n_boot=n_boot, seed=seed)
+            disp = stats.dispersion(g["_value"].to_numpy(float))
+            rec.update(iqm=ci.estimate, iqm_low=ci.low, iqm_high=ci.high, median=disp.median, iqr=disp.iqr,
+                       min=disp.min, max=disp.max)
+        if clip != reference:
+            cells, a, b, idx = [], [], [], []
+            for i, r in g.iterrows():
+                key = tuple(r[k] for k in cell_keys)
+                if key in ref_by_cell:
+                    cells.append(key[: len(strata_keys)])
+                    a.append(r["_value"])
+                    b.append(ref_by_cell[key])
+                    idx.append(i)
+            rec["cells"] = len(a)
+            if a:
+                a_arr, b_arr = np.asarray(a), np.asarray(b)
+                deltas.loc[idx] = a_arr - b_arr
+                # Oriented so that "higher is better": wins, P(improve) and the test read the same way for
+                # every metric; the difference is reported back in the metric's own units.
+                (cmp,) = stats.paired_comparison({clip: sign * a_arr}, sign * b_arr, cells, n_boot=n_boot,
+                                                 seed=seed)
+                poi = stats.paired_probability_of_improvement_ci(sign * a_arr, sign * b_arr, cells,
+                                                                 n_boot=n_boot, seed=seed)
+                lo, hi = sorted((sign * cmp.diff_ci.low, sign * cmp.diff_ci.high))
+                rec.update(delta=sign * cmp.mean_diff, delta_low=lo, delta_high=hi, poi=poi.estimate,
+                           poi_low=poi.low, poi_high=poi.high, wins=cmp.wins, losses=cmp.losses,
+                           ties=cmp.ties, p_value=cmp.p_value)
+        rows.append(rec)
+    table = pd.DataFrame(rows)
+    for col in ("iqm", "iqm_low", "iqm_high", "median", "iqr", "min", "max", "cells", "delta", "delta_low",
+                "delta_high", "poi", "poi_low", "poi_high", "wins", "losses", "ties", "p_value"):
+        if col not in table:
+            table[col] = np.nan
+    tested = table["p_value"].notna() & ~table["reference"]
+    table["p_holm"] = np.nan
+    if tested.any():
+        table.loc[tested, "p_holm"] = stats.holm(table.loc[tested, "p_value"].to_numpy(float))
+    return table, deltas
+
+
+def _ci(est: Any, low: Any, high: Any, fmt: str) -> str:
+    if not (isinstance(est, (int, float)) and math.isfinite(est)):
+        return "—"
+    return f"{format_cell(est, f'{{:{fmt}}}')} [{format_cell(low, f'{{:{fmt}}}')}, " \
+           f"{format_cell(high, f'{{:{fmt}}}')}]"
+
+
+def format_paired(table: pd.DataFrame, *, label: str, digits: int = 4) -> str:
+    """The paired table as Markdown (also what the CLI prints)."""
+    head = ["clipper", "runs", f"{label} IQM [95% CI]", "paired cells", "Δ vs ref [95% CI]",
+            "P(improve) [95% CI]", "W/L/T", "p (Holm) [raw]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    num = f"+.{digits}f"
+    for r in table.to_dict("records"):
+        name = f"`{r['clip']}`" + (" (reference)" if r["reference"] else "")
+        if r["reference"]:
+            cells = ["—"] * 5
+        else:
+            n_cells = r.get("cells")
+            has = isinstance(n_cells, (int, float)) and math.isfinite(n_cells) and n_cells > 0
+            wlt = f"{int(r['wins'])}/{int(r['losses'])}/{int(r['ties'])}" if has else "—"
+            p = (f"{format_cell(r['p_holm'], '{:.3g}')} [{format_cell(r['p_value'], '{:.3g}')}]"
+                 if has and math.isfinite(r["p_value"]) else "—")
+            cells = [str(int(n_cells)) if has else "0", _ci(r["delta"], r["delta_low"], r["delta_high"], num),
+                     _ci(r["poi"], r["poi_low"], r["poi_high"], ".2f"), wlt, p]
+        iqm = _ci(r["iqm"], r["iqm_low"], r["iqm_high"], num)
+        lines.append("| " + " | ".join([name, str(int(r["n"])), iqm, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def format_dispersion(table: pd.DataFrame, *, digits: int = 4) -> str:
+    """Across-seed dispersion of the final metric per clipper (median, IQR, min-max) as Markdown."""
+    lines = ["| clipper | runs | median | IQR | min | max |", "|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        keys = ("median", "iqr", "min", "max")
+        vals = [_num(r.get(k), f"{'' if k == 'iqr' else '+'}.{digits}f") for k in keys]
+        lines.append(f"| `{r['clip']}` | {int(r['n'])} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def plot_iqm(table: pd.DataFrame, path: str | Path, *, label: str) -> Path:
+    """Per-clipper IQM of the test metric with its 95 % bootstrap CI as error bars (reference in gray)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table) + 2), 4.2))
+    for i, r in enumerate(table.to_dict("records")):
+        est = r.get("iqm", math.nan)
+        if not (isinstance(est, (int, float)) and math.isfinite(est)):
+            continue
+        err = [[est - r["iqm_low"]], [r["iqm_high"] - est]]
+        ax.errorbar([i], [est], yerr=err, fmt="o", capsize=4, color="gray" if r["reference"] else "tab:blue")
+    ref = table[table["reference"]]
+    if len(ref) and math.isfinite(float(ref["iqm"].iloc[0])):
+        ax.axhline(float(ref["iqm"].iloc[0]), color="gray", ls="--", lw=1, label="reference IQM")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xticks(range(len(table)), list(table["clip"]))
+    ax.set_xlim(-0.5, len(table) - 0.5)
+    ax.set_ylabel(f"{label} (IQM)")
+    ax.set_title(f"{label}: IQM per clipper with 95% stratified bootstrap CI", fontsize=10)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
     path = Path(path)

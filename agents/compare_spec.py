@@ -118,7 +118,8 @@ def _check_with_make_clipper(part: ClipPart, *, text: str) -> None:
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"--clips: invalid clipper spec {text!r}: {err} "
-            "(spec syntax: name[:key=value,...][/value_name[:key=value,...]])"
+            "(spec syntax: name[:key=value,...][/value_name[:key=value,...]]; a plugin class: "
+            "module.path:Class[:key=value,...])"
         ) from err
 
 

@@ -141,8 +141,10 @@ class AlgoConfig:
 class ClipConfig:
     """The clipper of the policy (actor) update and of the value (critic) update.
 
-    Names are ``clipping.CLIPPERS`` keys (``none, norm, value, autoclip, zclip, agc, quantile``) or ``"sb3"``
-    (both parts: no perpclip hook, SB3's built-in ``max_grad_norm`` as configured in ``hyperparams``).
+    Names are ``clipping.CLIPPERS`` keys (``none, norm, value, autoclip, zclip, agc, quantile``), names
+    registered in the ``perpclip.clippers`` entry-point group (``clipping.available_clippers()`` lists both),
+    a plugin's import path ``module.path:Class`` (kept case-sensitive), or ``"sb3"`` (both parts: no perpclip
+    hook, SB3's built-in ``max_grad_norm`` as configured in ``hyperparams``; PPO/A2C/RecurrentPPO only).
     Keyword arguments go to ``clipping.make_clipper`` and are checked there.
     """
 
@@ -158,7 +160,8 @@ class ClipConfig:
                 name = "none"
             if not isinstance(name, str) or not name:
                 raise UserError(f"clip.{part} must be a clipper name such as 'zclip', got {name!r}")
-            object.__setattr__(self, part, name.lower())
+            # An import path names a Python module and class: case-sensitive.
+            object.__setattr__(self, part, name.strip() if ":" in name else name.lower())
             kwargs = getattr(self, f"{part}_kwargs")
             if kwargs is None:
                 kwargs = {}
@@ -183,8 +186,10 @@ class ClipConfig:
 
     @property
     def label(self) -> str:
-        """Short name for run folders: ``zclip`` or ``zclip+autoclip``."""
-        return self.policy if self.policy == self.value else f"{self.policy}+{self.value}"
+        """Short name for run folders: ``zclip`` or ``zclip+autoclip`` (a plugin by its class name: no ``:``
+        in a folder name)."""
+        policy, value = (n.rpartition(":")[2].rpartition(".")[2] for n in (self.policy, self.value))
+        return policy if self.policy == self.value else f"{policy}+{value}"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,21 @@ class Option:
         return self.kwargs.get("dest", self.flags[0].lstrip("-").replace("-", "_"))
 
 
+class _ClipHelp(str):
+    """The ``--clip`` help, listing ``clipping.available_clippers()`` (built-ins and installed plugins).
+
+    argparse formats every help string with ``help % params`` only when help is printed; the names are
+    looked up there, so that parsing a command line does not import ``clipping`` (and torch) just for a
+    help text nobody asked for.
+    """
+
+    def __mod__(self, params: Any) -> str:
+        from clipping import available_clippers
+
+        names = ", ".join(available_clippers())
+        return str(self).replace("{names}", names) % params
+
+
 def _task_help() -> str:
     return (
         f"what to learn: {', '.join(TASKS)} (default trading: take positions, CryptoFutures-v0; execution: "
@@ -54,9 +69,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
         ("--clip",),
         {
             "metavar": "NAME[:K=V,...]",
-            "help": "clipper for both the policy and the value update, e.g. zclip or autoclip:quantile=0.1 "
-            f"(names: none, norm, value, autoclip, zclip, agc, quantile; '{SB3_CLIP}': SB3's own "
-            "max_grad_norm)",
+            "help": _ClipHelp(
+                "clipper for both the policy and the value update, e.g. zclip or autoclip:quantile=0.1 "
+                f"(names: {{names}}; a plugin class: module.path:Class[:K=V,...] with its folder on "
+                f"PYTHONPATH; '{SB3_CLIP}': SB3's own max_grad_norm, PPO/A2C/RecurrentPPO only)"
+            ),
         },
         per_run=True,
     ),

@@ -18,7 +18,7 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoard
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import env_factory
-from agents.algos import build_model, load_model, resolve_hyperparams, save_model, validate_clip
+from agents.algos import ALGOS, build_model, load_model, resolve_hyperparams, save_model, validate_clip
 from agents.callbacks import ClipLoggerCallback, ValidationCallback
 from agents.config import RunConfig, load_config, save_config
 from agents.errors import UserError
@@ -42,7 +42,8 @@ class TrainResult:
             ``MAX_CONSECUTIVE_NONFINITE`` skipped steps in a row).
         diverged_reason: why, or None.
         clip_fraction: part -> share of (finite) updates that were clipped (empty with ``clip: sb3``).
-        nonfinite: part -> number of optimizer steps skipped for non-finite gradients.
+        nonfinite: part -> number of optimizer steps skipped for non-finite gradients (with ``ent_coef``
+            for SAC's guarded entropy-coefficient optimizer).
         interrupted: stopped by Ctrl-C (the model was saved).
         best_eval: the validation metrics of ``best_model.zip`` (None without evaluation).
     """
@@ -63,8 +64,18 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
 
     A task with its own discount (``TaskSpec.gamma``; the execution task trains undiscounted) uses it unless
     ``hyperparams`` sets ``gamma``.
+
+    Raises:
+        UserError: ``clip: sb3`` with an algorithm that has no ``max_grad_norm`` (SAC, TD3): it would
+            train unclipped without saying so.
     """
     algo = cfg.algo
+    if not cfg.clip.active and not ALGOS[algo.algo].on_policy:
+        raise UserError(
+            f"--clip sb3 means SB3's own max_grad_norm, which exists only for PPO/A2C/RecurrentPPO; "
+            f"{algo.algo} would train unclipped. Fix: --clip none for no clipping, or a perpclip clipper "
+            "(e.g. --clip norm:max_norm=0.5 or --clip zclip)"
+        )
     gamma = cfg.spec.gamma
     if gamma is not None and "gamma" not in algo.hyperparams:
         algo = cfg.replace(algo={"hyperparams": {"gamma": gamma, **algo.hyperparams}}).algo
@@ -243,7 +254,7 @@ def train(
         diverged=diverged_reason is not None,
         diverged_reason=diverged_reason,
         clip_fraction=hooks.clip_fraction() if hooks is not None else {},
-        nonfinite=hooks.nonfinite() if hooks is not None else {},
+        nonfinite={**hooks.nonfinite(), **hooks.guarded_nonfinite()} if hooks is not None else {},
         interrupted=interrupted,
         best_eval=eval_cb.best_metrics if eval_cb is not None else None,
     )

@@ -95,6 +95,12 @@ def _import_path(path: str) -> Any:
             f"bad clipper import path {path!r}: expected 'module:Class' or 'package.module:Class', "
             f"e.g. 'mypkg.clippers:MyClipper'"
         )
+    if module_name.lower() in CLIPPERS and "." not in module_name:
+        raise ValueError(
+            f"clipper {path!r}: {module_name!r} is a built-in clipper, and {attr_path!r} is not a key=value "
+            f"keyword; write e.g. '{module_name.lower()}:{attr_path}=...' (a plugin is 'module:Class'). "
+            f"{_known_names_text()}"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:

@@ -3,6 +3,13 @@
 One clipper (``--clip``, ``--policy-clip``, ``--value-clip``)::
 
     part  := name [':' key=value (',' key=value)*]
+    name  := builtin_or_entry_point_name | module.path ':' Class
+
+A plugin class is named by its import path (``clipping.make_clipper`` imports it): ``mypkg.mod:MyClipper`` or
+``mypkg.mod:MyClipper:alpha=0.9``. The segment after the first ``:`` is read as the class when it is a dotted
+Python name without ``=`` (a keyword always has one), so ``zclip:z_thresh=2`` is still the built-in with a
+keyword. Built-in and entry-point names are lowercased; an import path keeps its case (Python names are
+case-sensitive).
 
 A list of compared configurations (``--clips`` of ``train.py compare``)::
 
@@ -35,6 +42,7 @@ Part = tuple[str, list[tuple[str, Any]]]
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 EXAMPLE = "e.g. --clips none,norm:max_norm=0.5,zclip:z_thresh=2.0"
 
 
@@ -80,13 +88,31 @@ def _kv(text: str, *, whole: str, token: str, parse_value: ValueParser, where: s
     return key, parse_value(raw)
 
 
+def _split_name(piece: str) -> tuple[str, str, str, bool]:
+    """``(name, ':' or '', rest, is_import_path)``: ``mod:Cls[:kw]`` when the 2nd segment is a dotted
+    identifier (no ``=``); anything else after the first ``:`` is keywords (``norm:0.5`` fails as one)."""
+    first, sep, rest = piece.partition(":")
+    if sep:
+        second, sep2, rest2 = rest.partition(":")
+        if "=" not in second and _DOTTED.match(second.strip()):
+            return f"{first.strip()}:{second.strip()}", sep2, rest2, True
+    return first.strip(), sep, rest, False
+
+
 def _part(piece: str, *, whole: str, parse_value: ValueParser, where: str, all_kwargs: bool) -> Part:
-    name, sep, rest = piece.partition(":")
-    name = name.strip()
-    if not _NAME.match(name):
+    name, sep, rest, plugin = _split_name(piece)
+    if plugin:
+        module, _, cls = name.partition(":")
+        if not (_DOTTED.match(module) and _DOTTED.match(cls)):
+            raise ClipSpecError(
+                f"{where}: {piece!r} in {whole!r}: a plugin clipper is named 'module.path:Class' (Python "
+                f"identifiers separated by dots), optionally followed by ':key=value,...', e.g. "
+                f"mypkg.clippers:MyClipper:alpha=0.9; got {name!r}"
+            )
+    elif not _NAME.match(name):
         raise ClipSpecError(
             f"{where}: {piece!r} in {whole!r} does not start with a clipper name; expected "
-            f"name[:key=value,...], {EXAMPLE}"
+            f"name[:key=value,...] or module.path:Class[:key=value,...], {EXAMPLE}"
         )
     kwargs: list[tuple[str, Any]] = []
     if sep:
@@ -97,13 +123,14 @@ def _part(piece: str, *, whole: str, parse_value: ValueParser, where: str, all_k
         items = [p for p, _ in split_outside_brackets(rest, ",")] if all_kwargs else [rest]
         for item in items:
             kwargs.append(_kv(item, whole=whole, token=piece, parse_value=parse_value, where=where))
-    return name.lower(), kwargs
+    return (name if plugin else name.lower()), kwargs
 
 
 def parse_clip_part(text: str, parse_value: ValueParser = _raw, *, where: str = "clipper spec") -> Part:
     """``"zclip:z_thresh=2.0,alpha=0.9"`` -> ``("zclip", [("z_thresh", v), ("alpha", v)])``.
 
-    Everything after the ``:`` is keyword arguments; values go through ``parse_value``.
+    Everything after the name's ``:`` is keyword arguments; values go through ``parse_value``. A plugin
+    import path keeps its case: ``"pkg.mod:My:k=1"`` -> ``("pkg.mod:My", [("k", v)])``.
 
     Raises:
         ClipSpecError: no name, or an item that is not ``key=value``.

@@ -579,3 +579,102 @@ def test_train_and_evaluate_other_algorithms_end_to_end(tmp_path, algo):
     assert res.timesteps >= 128 and not res.diverged and res.best_eval is not None
     rep = evaluate(tmp_path / "run")
     assert np.isfinite(rep.equity).all() and set(rep.baselines) == {"flat", "buy_and_hold", "trend"}
+
+
+# ------------------------------------------------------------------- clipping-study wiring (issue 14)
+
+
+def test_zclip_skip_update_on_spike_freezes_statistics_but_keeps_updating(market, tmp_path):
+    import pandas as pd
+    from stable_baselines3.common.logger import configure
+
+    from agents.callbacks import ClipLoggerCallback
+
+    cm = tiny_model(market, "ppo", "zclip", clip_kwargs={"skip_update_on_spike": True, "warmup_steps": 5})
+    pol = cm.hooks.parts["policy"]
+    opt = optimizers(cm)[0]
+    params = pol.params + cm.hooks.parts["value"].params
+    for _ in range(20):  # calm level: statistics settle
+        set_grads(params, lambda p: torch.full(p.shape, 1e-3))
+        opt.step()
+    assert pol.stats.frozen == 0
+    moved = 0
+    for _ in range(10):  # lasting level shift: every step is a spike, statistics stay frozen
+        before = [p.detach().clone() for p in pol.params]
+        set_grads(params, lambda p: torch.full(p.shape, 1.0))
+        opt.step()
+        assert pol.last.spike and pol.last.stats_frozen and not pol.last.skip
+        moved += any(not torch.equal(a, b) for a, b in zip(before, pol.params, strict=True))
+    assert moved == 10  # the clipped gradient is applied on every frozen step
+    assert pol.stats.frozen == 10 and pol.stats.skipped == 0
+    cm.model.set_logger(configure(str(tmp_path), ["csv"]))
+    cb = ClipLoggerCallback(cm.hooks)
+    cb.init_callback(cm.model)
+    cb.on_training_end()
+    row = pd.read_csv(tmp_path / "progress.csv").iloc[-1]
+    assert row["clip/policy/frozen_fraction"] == pytest.approx(10 / 30)
+    assert row["clip/policy/frozen_fraction"] > 0
+
+
+def test_sac_entropy_coefficient_step_skips_nonfinite_gradients(market):
+    cm = tiny_model(market, "sac", "zclip")
+    guard = cm.hooks.guards["ent_coef"]
+    log_ent = cm.model.log_ent_coef
+    cm.model.learn(64)
+    before = log_ent.detach().clone()
+    log_ent.grad = torch.full_like(log_ent, float("nan"))
+    cm.model.ent_coef_optimizer.step()
+    assert torch.equal(log_ent.detach(), before) and guard.nonfinite == 1
+    calls = {"n": 0}
+
+    def poison(grad):  # the 3rd entropy-coefficient backward pass inside learn() gets a NaN gradient
+        calls["n"] += 1
+        return grad * float("nan") if calls["n"] == 3 else grad
+
+    log_ent.register_hook(poison)
+    cm.model.learn(64)
+    assert calls["n"] > 3 and guard.nonfinite == 2
+    assert torch.isfinite(log_ent).all()
+    assert cm.hooks.guarded_nonfinite() == {"ent_coef": 2}
+    assert cm.hooks.flush()["ent_coef"] == {"nonfinite": 2.0}
+
+
+def test_last_update_clip_statistics_are_written(tmp_path):
+    import pandas as pd
+
+    from agents.run import train
+
+    cfg = tiny_config().replace(eval={"eval_freq": 0})
+    res = train(cfg, tmp_path / "run")
+    df = pd.read_csv(tmp_path / "run" / "progress.csv")
+    last = df.iloc[-1]
+    # The row dumped at the end of training: the last (4th) update's statistics, tagged with the final step.
+    assert last["time/total_timesteps"] == res.timesteps
+    for key in ("clip/policy/grad_norm", "clip/value/grad_norm", "clip/policy/frozen_fraction"):
+        assert np.isfinite(last[key]), key
+    # Every update's statistics are logged: 128 steps / (2 envs x 32) = 2 updates, both flushed.
+    assert df["clip/policy/grad_norm"].notna().sum() == 2
+
+
+def test_clip_sb3_with_an_off_policy_algorithm_is_refused(tmp_path):
+    from agents.run import train
+
+    cfg = tiny_config(algo="sac", hyperparams=TINY_HP["sac"]).replace(clip={"policy": "sb3", "value": "sb3"})
+    with pytest.raises(UserError, match=r"PPO/A2C/RecurrentPPO.*--clip none"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_clip_inf_from_the_command_line_is_float_inf(tmp_path):
+    from agents.cli import build_parser
+    from agents.compare_spec import parse_clips
+    from agents.options import config_from_args
+
+    args = build_parser().parse_args(["train", "--clip", "norm:max_norm=inf", "--algo", "ppo"])
+    cfg = config_from_args(args)
+    assert cfg.clip.policy_kwargs == {"max_norm": math.inf}
+    assert cfg.clip.value_kwargs == {"max_norm": math.inf}
+    (spec,) = parse_clips("norm:max_norm=inf")
+    assert dict(spec.policy.kwargs)["max_norm"] == math.inf
+    save_config(cfg, tmp_path / "config.yaml")  # and it survives the run's config.yaml
+    assert load_config(tmp_path / "config.yaml").clip.policy_kwargs["max_norm"] == math.inf

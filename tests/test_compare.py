@@ -585,6 +585,147 @@ def test_cli_real_compare_end_to_end(tmp_path):
     assert set(df["clip"]) == {"none", "norm:max_norm=0.5"}
     assert "| `norm:max_norm=0.5` | 4/4 |" in (out / "summary.md").read_text()
     assert "test Sharpe" in proc.stdout and (out / "test_sharpe.png").exists()
+    # Paired statistics against `none` (the default reference); the week-long folds have no finite Sharpe,
+    # so they fall back to the test return.
+    summary = (out / "summary.md").read_text()
+    assert "## Paired comparison with `none` on test return (same seed, same fold)" in summary
+    assert "| `none` (reference) | 4 |" in summary
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| `norm:max_norm=0.5` | 4 |"))
+    assert line.count("[") >= 4  # IQM, delta, P(improve) with CIs, and the p-values
+    assert "Paired comparison with `none`" in proc.stdout and (out / "test_total_return_iqm.png").exists()
+    paired = df[df["clip"] == "norm:max_norm=0.5"]
+    ref = df[df["clip"] == "none"].set_index(["seed", "fold"])["test_total_return"]
+    cells = list(zip(paired["seed"], paired["fold"], strict=True))
+    expect = paired["test_total_return"].to_numpy() - ref.loc[cells].to_numpy()
+    assert paired["delta_vs_reference"].to_numpy() == pytest.approx(expect)
+    assert {"grad_spikes_policy", "grad_kurtosis_value"} <= set(df.columns)
     # Same command again: everything is skipped.
     proc = run_cli(*args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "8 of 8 run(s) already finished" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paired statistics against a reference clipper (hand-made metric values, checked against agents.stats)
+
+#: Test Sharpe of (clipper, seed, fold): made up, with wins, losses and a tie against ``none``.
+HAND_SHARPE = {
+    ("none", 0, 0): 0.10, ("none", 0, 1): -0.20, ("none", 1, 0): 0.40, ("none", 1, 1): 0.05,
+    ("none", 2, 0): -0.30, ("none", 2, 1): 0.90,
+    ("norm", 0, 0): 0.35, ("norm", 0, 1): 0.10, ("norm", 1, 0): 0.40, ("norm", 1, 1): 0.55,
+    ("norm", 2, 0): 0.20, ("norm", 2, 1): 0.70,
+    ("zclip", 0, 0): -0.50, ("zclip", 0, 1): -0.25, ("zclip", 1, 0): 0.30, ("zclip", 1, 1): -0.10,
+    ("zclip", 2, 0): -0.90, ("zclip", 2, 1): 1.40,
+}
+#: A logged grad-norm series with two spikes (above median + 5 MAD).
+HAND_GRAD_NORMS = [1.0, 1.1, 0.9, 1.05, 0.95, 9.0, 1.0, 1.02, 0.98, 30.0, 1.01, 0.99]
+
+
+@dataclass(frozen=True)
+class TableRunner(FakeRunner):
+    """FakeRunner whose test Sharpe is :data:`HAND_SHARPE` and whose progress.csv holds a grad-norm series."""
+
+    def train(self, config: dict[str, Any], run_dir: Path) -> FakeTrain:
+        out = super().train(config, run_dir)
+        pd.DataFrame(
+            {"time/total_timesteps": range(len(HAND_GRAD_NORMS)), "clip/policy/grad_norm": HAND_GRAD_NORMS}
+        ).to_csv(Path(run_dir) / "progress.csv", index=False)
+        return out
+
+    def evaluate(self, run_dir: Path) -> FakeEval:
+        ev = super().evaluate(run_dir)
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        fold = 0 if config["data"]["test_range"][0] == 100 else 1
+        sharpe = HAND_SHARPE[(Path(run_dir).name.split("__")[0], config["algo"]["seed"], fold)]
+        return FakeEval({**ev.metrics, "sharpe": sharpe}, ev.baselines, ev.positions, ev.equity)
+
+
+def test_paired_statistics_match_agents_stats_on_hand_made_values(tmp_path):
+    from agents import stats
+
+    out = tmp_path / "cmp"
+    res = run_compare(
+        BASE, _specs("norm,none,zclip"), 3, folds=FOLDS, out=out, workers=1, runner=TableRunner(), log=None
+    )
+    assert res.reference == "none" and res.metric == "sharpe"  # none is in the grid: the default reference
+    df = pd.read_csv(out / "results.csv")
+    table = res.paired.set_index("clip")
+
+    def arm(clip):
+        g = df[df["clip"] == clip].sort_values(["seed", "fold"])
+        return g["test_sharpe"].to_numpy(), g["fold"].to_numpy()
+
+    ref, folds = arm("none")
+    p_raw = {}
+    for clip in ("norm", "zclip"):
+        x, _ = arm(clip)
+        # IQM with the fold-stratified CI, from the rows in results.csv order.
+        g = df[df["clip"] == clip]
+        ci = stats.iqm_ci(g["test_sharpe"].to_numpy(), list(g["fold"]), n_boot=2000, seed=0)
+        row = table.loc[clip]
+        assert (row["iqm"], row["iqm_low"], row["iqm_high"]) == pytest.approx((ci.estimate, ci.low, ci.high))
+        # Paired cells: same seed, same fold.
+        d = x - ref
+        assert row["cells"] == 6 and row["delta"] == pytest.approx(d.mean())
+        assert (row["wins"], row["losses"], row["ties"]) == ((d > 0).sum(), (d < 0).sum(), (d == 0).sum())
+        assert row["p_value"] == pytest.approx(stats.wilcoxon_p_value(d))
+        p_raw[clip] = stats.wilcoxon_p_value(d)
+        assert row["poi"] == pytest.approx(stats.paired_probability_of_improvement(x, ref, list(folds)))
+        assert row["poi_low"] <= row["poi"] <= row["poi_high"]
+        assert row["delta_low"] <= row["delta"] <= row["delta_high"]
+        disp = stats.dispersion(x)
+        assert (row["median"], row["iqr"], row["min"], row["max"]) == pytest.approx(
+            (disp.median, disp.iqr, disp.min, disp.max)
+        )
+        # Per-run deltas in results.csv.
+        got = df[df["clip"] == clip].sort_values(["seed", "fold"])["delta_vs_reference"].to_numpy()
+        assert got == pytest.approx(d)
+    assert (table.loc["norm", "wins"], table.loc["norm", "losses"], table.loc["norm", "ties"]) == (4, 1, 1)
+    holm = stats.holm([p_raw["norm"], p_raw["zclip"]])
+    assert [table.loc["norm", "p_holm"], table.loc["zclip", "p_holm"]] == pytest.approx(list(holm))
+    assert df.loc[df["clip"] == "none", "delta_vs_reference"].isna().all()
+    # Stability columns from each run's progress.csv.
+    assert (df["grad_spikes_policy"] == stats.count_spikes(HAND_GRAD_NORMS, 5.0)).all()
+    assert stats.count_spikes(HAND_GRAD_NORMS, 5.0) == 2
+    assert df["grad_kurtosis_policy"].to_numpy() == pytest.approx(
+        np.full(len(df), stats.excess_kurtosis(HAND_GRAD_NORMS))
+    )
+    # The printed / written table carries the same numbers.
+    summary = (out / "summary.md").read_text()
+    assert "## Paired comparison with `none` on test Sharpe" in summary
+    norm = table.loc["norm"]
+    line = next(ln for ln in summary.splitlines() if ln.startswith("| `norm` | 6 |"))
+    assert f"{norm['delta']:+.2f} [{norm['delta_low']:+.2f}, {norm['delta_high']:+.2f}]" in line
+    assert "| 4/1/1 |" in line and f"{norm['p_holm']:.3g} [{norm['p_value']:.3g}]" in line
+    assert "`none` (reference)" in summary and "Across-seed dispersion" in summary
+    assert "interquartile mean" in summary  # the definitions paragraph
+    assert (out / "test_sharpe_iqm.png").stat().st_size > 1000
+
+
+def test_reference_option_picks_another_reference_and_rejects_unknown_ones(tmp_path):
+    res = run_compare(BASE, _specs("norm:max_norm=0.5,zclip"), 2, folds=FOLDS, out=tmp_path / "a", workers=1,
+                      runner=TableRunner(), log=None)
+    assert res.reference == "norm:max_norm=0.5"  # no `none` in the grid: the first spec
+    res = run_compare(BASE, _specs("none,zclip"), 2, folds=FOLDS, out=tmp_path / "b", workers=1,
+                      runner=TableRunner(), log=None, reference="zclip")
+    table = res.paired.set_index("clip")
+    assert res.reference == "zclip" and table.loc["zclip", "reference"] and not table.loc["none", "reference"]
+    with pytest.raises(UserError, match=r"--reference 'agc' is not one of the compared clipper specs"):
+        run_compare(BASE, _specs("none,zclip"), 2, folds=FOLDS, out=tmp_path / "c", workers=1,
+                    runner=TableRunner(), log=None, reference="agc")
+    assert not (tmp_path / "c").exists()
+
+
+def test_paired_statistics_for_a_lower_is_better_metric():
+    from agents.compare_report import paired_report
+
+    df = pd.DataFrame({
+        "clip": ["ref"] * 3 + ["arm"] * 3, "seed": [0, 1, 2] * 2, "fold": [0] * 6, "status": ["ok"] * 6,
+        "test_shortfall_bps": [10.0, 12.0, 8.0, 7.0, 13.0, 5.0],
+    })
+    table, deltas = paired_report(df, ["ref", "arm"], metric="shortfall_bps", reference="ref",
+                                  lower_is_better=True)
+    arm = table.set_index("clip").loc["arm"]
+    # Lower is better: 2 wins (7 < 10, 5 < 8), 1 loss; the difference stays in bp (arm - ref).
+    assert (arm["wins"], arm["losses"]) == (2, 1) and arm["delta"] == pytest.approx((-3 + 1 - 3) / 3)
+    assert arm["poi"] == pytest.approx(2 / 3) and arm["delta_low"] <= arm["delta"] <= arm["delta_high"]
+    assert list(deltas.iloc[3:]) == pytest.approx([-3.0, 1.0, -3.0])
