@@ -11,12 +11,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
 from agents.clip_hooks import ClipHooks
 from envs.metrics import METRIC_KEYS
 
-__all__ = ["ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "ValidationCallback"]
+__all__ = [
+    "WholeRolloutProgressBar",
+    "ClipLoggerCallback", "ExecutionMetricsCallback", "TradeMetricsCallback", "ValidationCallback"]
 
 
 class ClipLoggerCallback(BaseCallback):
@@ -197,3 +199,32 @@ class ValidationCallback(BaseCallback):
         if self.n_calls % self.every_calls == 0:
             self.run_eval()
         return True
+
+
+def planned_steps(model: Any, remaining: int) -> int:
+    """Env steps ``learn`` will actually take for ``remaining`` requested ones: SB3 finishes every rollout it
+    starts (on-policy: ``n_steps * n_envs`` steps; off-policy: ``train_freq`` steps of every env), so the
+    count is rounded up to whole rollouts (200,000 requested at 4,096 per rollout -> 200,704)."""
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    n_envs = model.get_env().num_envs if model.get_env() is not None else 1
+    chunk = n_envs
+    if isinstance(model, OnPolicyAlgorithm):
+        chunk = int(model.n_steps) * n_envs
+    else:
+        freq = getattr(model, "train_freq", None)
+        unit = getattr(getattr(freq, "unit", None), "value", "step")
+        if freq is not None and unit == "step":
+            chunk = int(freq.frequency) * n_envs
+    return -(-max(remaining, 0) // chunk) * chunk
+
+
+class WholeRolloutProgressBar(ProgressBarCallback):
+    """SB3's progress bar with the total SB3 will really reach (:func:`planned_steps`), so it ends at 100 %
+    instead of at 200,704/200,000."""
+
+    def _on_training_start(self) -> None:
+        from tqdm.rich import tqdm
+
+        remaining = self.locals["total_timesteps"] - self.model.num_timesteps
+        self.pbar = tqdm(total=planned_steps(self.model, remaining))

@@ -221,6 +221,10 @@ def train(
                 eval_cb.best = eval_cb.score(best)
                 eval_cb.best_metrics = best
 
+    if progress_bar:
+        from agents.callbacks import WholeRolloutProgressBar
+
+        callbacks.append(WholeRolloutProgressBar())
     interrupted = False
     diverged_reason = None
     try:
@@ -228,7 +232,6 @@ def train(
             total_timesteps=cfg.algo.timesteps,
             callback=callbacks,
             reset_num_timesteps=not resume,
-            progress_bar=progress_bar,
             tb_log_name="tb",
         )
     except KeyboardInterrupt:

@@ -285,3 +285,30 @@ def test_cli_refuses_funding_files_that_disagree(tmp_path):
     proc = run_cli("--data", "bars.csv", "--fill-gaps", *funding, *TINY_RUN, cwd=tmp_path)
     assert_user_error(proc, "web.csv", "api.csv")
     assert len(rates) > 20  # the two files overlap on 10 settlements
+
+
+@pytest.mark.parametrize(
+    ("algo", "hp", "n_envs", "requested", "expected"),
+    [
+        ("ppo", {"n_steps": 32, "batch_size": 32}, 2, 100, 128),
+        ("ppo", {"n_steps": 32, "batch_size": 32}, 2, 128, 128),
+        ("sac", {"learning_starts": 10, "train_freq": 3}, 2, 100, 102),
+    ],
+)
+def test_progress_bar_total_is_the_steps_learn_will_take(algo, hp, n_envs, requested, expected):
+    """SB3 finishes the rollout it started: the bar's total is rounded up alike (not 200,704 of 200,000)."""
+    from agents.algos import build_model
+    from agents.callbacks import planned_steps
+    from agents.env_factory import make_train_env
+    from envs.market import load_embedded
+
+    cfg = RunConfig().replace(
+        algo={"algo": algo, "timesteps": requested, "n_envs": n_envs, "net_arch": [8], "hyperparams": hp},
+        env={"window": 4, "episode_bars": 32},
+        data={"data": "btcusdt-perp-1h-2025"},
+    )
+    market = load_embedded("btcusdt-perp-1h-2025")
+    cm = build_model(cfg.algo, cfg.clip, make_train_env(cfg, market))
+    assert planned_steps(cm.model, requested) == expected
+    cm.model.learn(requested)
+    assert cm.model.num_timesteps == expected
