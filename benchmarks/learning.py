@@ -1,4 +1,4 @@
-"""Do the defaults learn under costs? ``python train.py`` with nothing but ``--data`` (and ``--algo``) changed.
+"""Do the defaults learn under costs? ``train.py`` with nothing but ``--data`` (and ``--algo``) changed.
 
 Four targets, each trained with the CLI defaults (default timesteps, seed 0) and evaluated with
 ``python train.py evaluate RUN_DIR`` on the held-out test period (the last 15 % of the bars), deterministic
@@ -45,7 +45,10 @@ def verdict(target: str, t: dict) -> list[tuple[str, bool]]:
         o = t["oracle"]["sharpe"]
         return [
             (f"Sharpe >= 0.5x oracle ({a['sharpe']:.2f} vs {0.5 * o:.2f})", a["sharpe"] >= 0.5 * o),
-            (f"Sharpe > buy-and-hold ({t['buy_and_hold']['sharpe']:.2f})", a["sharpe"] > t["buy_and_hold"]["sharpe"]),
+            (
+                f"Sharpe > buy-and-hold ({t['buy_and_hold']['sharpe']:.2f})",
+                a["sharpe"] > t["buy_and_hold"]["sharpe"],
+            ),
         ]
     out = [
         (f"return >= -5% ({a['total_return']:+.1%})", a["total_return"] >= -0.05),
@@ -100,7 +103,11 @@ def main() -> int:
             cells.append(
                 f"{m['sharpe']:6.2f} {m['total_return']:+8.1%} {m['turnover_per_year']:7.1f}" if m else "-"
             )
-        print(f"{algo + ' ' + TARGETS[tgt][0]:24}" + "".join(f"{c:>26}" for c in cells) + f"  ({r['train_s']:.0f} s)")
+        print(
+            f"{algo + ' ' + TARGETS[tgt][0]:24}"
+            + "".join(f"{c:>26}" for c in cells)
+            + f"  ({r['train_s']:.0f} s)"
+        )
         for what, ok in verdict(tgt, t):
             all_met &= ok
             print(f"{'':26}{'met    ' if ok else 'NOT met'} {what}")

@@ -55,15 +55,23 @@ _FEE2X = "execution={deadband: 0.2, taker_fee: 0.001, half_spread_bps: 1.0}"
 _add("screen", "fast-base", _S, _PLANTED)
 _add("screen", "db0.2", [*_S, "--env", _DB], _PLANTED)
 _add("screen", "db0.2+logstd-1.5", [*_S, "--env", _DB, "--hp", _LS], _PLANTED)
-_add("screen", "db0.2+logstd-1.5+normrew", [*_S, "--env", _DB, "--hp", _LS, "--config", "benchmarks/_normrew.yaml"],
-     _PLANTED)
+_add(
+    "screen",
+    "db0.2+logstd-1.5+normrew",
+    [*_S, "--env", _DB, "--hp", _LS, "--config", "benchmarks/_normrew.yaml"],
+    _PLANTED,
+)
 _NR = ["--config", "benchmarks/_normrew.yaml"]
 _add("screen", "db0.2+logstd-1.5+normrew+fee2x", [*_S, "--env", _FEE2X, "--hp", _LS, *_NR], _PLANTED)
 _FEE3X = "execution={deadband: 0.3, taker_fee: 0.0015, half_spread_bps: 1.5}"
 _add("screen", "db0.3+logstd-1.5+normrew+fee3x", [*_S, "--env", _FEE3X, "--hp", _LS, *_NR], _PLANTED)
 _add("screen", "sac-base", ["--algo", "sac", "--timesteps", "50000"], _PLANTED)
-_add("screen", "sac-db0.2-ent1e-3", ["--algo", "sac", "--timesteps", "50000", "--env", _DB, "--hp", "ent_coef=0.001"],
-     _PLANTED)
+_add(
+    "screen",
+    "sac-db0.2-ent1e-3",
+    ["--algo", "sac", "--timesteps", "50000", "--env", _DB, "--hp", "ent_coef=0.001"],
+    _PLANTED,
+)
 _add("screen", "discrete5", [*_S, "--env", "action=discrete,n_levels=5"], _PLANTED)
 _add("screen", "db0.2+logstd-1.5+g0.9", [*_S, "--env", _DB, "--hp", _LS + ",gamma=0.9"], _PLANTED)
 _add("screen", "logstd-1.5", [*_S, "--hp", _LS], _PLANTED)
@@ -100,8 +108,19 @@ def run_one(
     run_dir = runs / name.replace("@", "_").replace("/", "_")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    cmd = [sys.executable, "train.py", "train", "--data", spec, "--run-dir", str(run_dir), "--no-progress",
-           "--threads", "1", *opts]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "train",
+        "--data",
+        spec,
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        "--threads",
+        "1",
+        *opts,
+    ]
     if not (run_dir / "model.zip").is_file():
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
