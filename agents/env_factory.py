@@ -230,17 +230,18 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
     """
     seed = cfg.algo.seed if seed is None else seed
     env_cfg = cfg.task_env
-    # Build one env now so a bad env config fails here with a clear message rather than inside the VecEnv.
-    probe = make_env(market, env_cfg)
-    probe.close()
     task = task_of(env_cfg)
+    costs = _train_costs(env_cfg, task, cfg.algo.train_cost_scale)
+    # Build one env now so a bad env config fails here with a clear message rather than inside the VecEnv.
+    probe = make_env(market, env_cfg, **costs)
+    probe.close()
     vec: VecEnv
     if task.make_batched_env is not None and cfg.algo.n_envs > 1:
         from stable_baselines3.common.vec_env import VecMonitor
 
         from agents.vec_adapter import SB3VecEnvAdapter
 
-        kw = _env_kwargs(env_cfg, task.section)
+        kw = {**_env_kwargs(env_cfg, task.section), **costs}
         try:
             batched = task.make_batched_env(market, cfg.algo.n_envs, **kw)
         except (TypeError, ValueError) as exc:
@@ -251,7 +252,7 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
     else:
 
         def factory() -> Any:
-            return make_env(market, env_cfg)
+            return make_env(market, env_cfg, **costs)
 
         vec = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
     if cfg.spec.wrap_train_env is not None:
@@ -261,6 +262,26 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
             vec, norm_obs=cfg.algo.normalize_obs, norm_reward=cfg.algo.normalize_reward, gamma=_gamma(cfg)
         )
     return vec
+
+
+def _train_costs(env_cfg: Any, task: TaskSpec, scale: float) -> dict[str, Any]:
+    """``{"execution": ...}`` with fee rates and half-spread times ``scale`` (``AlgoConfig.train_cost_scale``)
+    for the training envs of the trading task; nothing at scale 1 or for another task (the execution task's
+    shortfall is measured against its real costs, which are what it learns to schedule around).
+    """
+    if scale == 1.0 or task.name != "trading":
+        return {}
+    from envs.contract import ExecutionConfig
+
+    ex = _env_kwargs(env_cfg, task.section).get("execution") or ExecutionConfig()
+    return {
+        "execution": dataclasses.replace(
+            ex,
+            taker_fee=ex.taker_fee * scale,
+            maker_fee=ex.maker_fee * scale,
+            half_spread_bps=ex.half_spread_bps * scale,
+        )
+    }
 
 
 class ScaledRewardVecEnv(VecEnvWrapper):

@@ -1,96 +1,87 @@
-"""End-to-end PPO training speed: perpclip on CryptoFutures-v0 with zclip vs plain SB3 PPO on Pendulum-v1.
+"""Whole-process training speed: the default ``python train.py`` against stock SB3 PPO on Pendulum-v1.
 
-Both sides run in this process, alternately (A B A B ...), with the same PPO hyperparameters, the same hidden
-layers, the same number of envs and one torch thread; the figure is frames (env steps) per second of wall time
-around everything a user waits for:
+Both sides run as separate processes, one after the other, timed from process start to exit (imports, data
+loading, env construction, training, saving: everything a user waits for):
 
-* perpclip: ``agents.run.train`` — data loading, env construction, the SB3 model with both zclip hooks, the
-  ``clip/`` and ``trade/`` logging callbacks, TensorBoard + CSV output, periodic validation on the val split
-  and ``best_model.zip``, the final save (model + clipper state);
-* SB3: ``PPO("MlpPolicy", make_vec_env("Pendulum-v1"))`` with its default gradient clipping
-  (``max_grad_norm=0.5``), no logging output, ``learn``.
+* perpclip: ``python train.py --run-dir TMP --no-progress`` with nothing else, i.e. the defaults (PPO,
+  zclip on the policy and the value update, the batched env with ``AlgoConfig.n_envs`` envs, the rollout
+  sizes of ``agents.algos.ALGOS["ppo"]``, ``clip/`` and ``trade/`` logging, TensorBoard + CSV output,
+  periodic validation with ``best_model.zip``, the final save) on the embedded ``btcusdt-1h`` market, for
+  the default number of timesteps;
+* SB3: ``PPO("MlpPolicy", "Pendulum-v1").learn(N)``: SB3's defaults (one env, ``n_steps=2048``,
+  ``batch_size=64``, ``n_epochs=10``, torch's default thread count), no logging output.
 
-The target is a ratio >= 0.8: the trading env, the clippers and the logging must not be what slows training.
-The best of ``--repeats`` runs per side is reported (the machine may be shared; the best run is the one least
-disturbed), with every run listed.
+Frames per second = environment steps / wall seconds of the process. Target: perpclip / SB3 >= 5. One run
+per side (``--repeats`` for more; the best of each side is compared, since the machine may be shared).
 
-    python benchmarks/train_throughput.py [--timesteps 30000] [--repeats 2] [--n-envs 4]
+    python benchmarks/train_throughput.py [--sb3-timesteps 50000] [--repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parent.parent
+
+SB3_SCRIPT = """
+import sys
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
-
-from agents.config import RunConfig
-from agents.run import train
-
-HYPERPARAMS = {"n_steps": 512, "batch_size": 128, "n_epochs": 10, "learning_rate": 3e-4, "gamma": 0.99}
-NET_ARCH = [64, 64]
+PPO("MlpPolicy", "Pendulum-v1", seed=0, device="cpu").learn(int(sys.argv[1]))
+"""
 
 
-def perpclip_fps(timesteps: int, n_envs: int, seed: int, root: Path) -> float:
-    cfg = RunConfig().replace(
-        algo={
-            "algo": "ppo",
-            "timesteps": timesteps,
-            "n_envs": n_envs,
-            "seed": seed,
-            "net_arch": NET_ARCH,
-            "hyperparams": HYPERPARAMS,
-        },
-        clip={"policy": "zclip", "value": "zclip"},
-    )
+def timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    res = train(cfg, root / f"perpclip-{seed}", command="benchmarks/train_throughput.py")
-    return res.timesteps / (time.perf_counter() - t0)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-2000:]}")
+    return wall, r.stdout
 
 
-def sb3_fps(timesteps: int, n_envs: int, seed: int) -> float:
-    t0 = time.perf_counter()
-    env = make_vec_env("Pendulum-v1", n_envs=n_envs, seed=seed)
-    model = PPO(
-        "MlpPolicy", env, policy_kwargs={"net_arch": NET_ARCH}, seed=seed, device="cpu", **HYPERPARAMS
-    )
-    model.learn(timesteps)
-    return model.num_timesteps / (time.perf_counter() - t0)
+def perpclip_fps(tmp: Path, rep: int) -> tuple[float, int, float]:
+    wall, out = timed([sys.executable, "train.py", "--run-dir", str(tmp / f"run{rep}"), "--no-progress"])
+    m = re.search(r"done: (\d+) steps", out)
+    if m is None:
+        raise SystemExit(f"cannot read the step count from train.py's output:\n{out[-2000:]}")
+    steps = int(m.group(1))
+    return steps / wall, steps, wall
+
+
+def sb3_fps(timesteps: int) -> tuple[float, int, float]:
+    wall, _ = timed([sys.executable, "-c", SB3_SCRIPT, str(timesteps)])
+    steps = -(-timesteps // 2048) * 2048  # SB3 finishes the rollout it started
+    return steps / wall, steps, wall
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--timesteps", type=int, default=30_000)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--n-envs", type=int, default=4)
+    parser.add_argument("--sb3-timesteps", type=int, default=50_000)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    # torch's first optimizer construction imports and initializes a lot (~2 s); pay it before any timing.
-    torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
     ours, theirs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            ours.append(perpclip_fps(args.timesteps, args.n_envs, rep, Path(tmp)))
-            theirs.append(sb3_fps(args.timesteps, args.n_envs, rep))
+            ours.append(perpclip_fps(Path(tmp), rep))
+            theirs.append(sb3_fps(args.sb3_timesteps))
             print(
-                f"run {rep}: perpclip CryptoFutures-v0 + zclip {ours[-1]:7.0f} frames/s   "
-                f"SB3 Pendulum-v1 {theirs[-1]:7.0f} frames/s",
+                f"run {rep}: python train.py {ours[-1][1]} steps in {ours[-1][2]:.1f} s = {ours[-1][0]:7.0f} "
+                f"frames/s; SB3 PPO Pendulum-v1 {theirs[-1][1]} steps in {theirs[-1][2]:.1f} s = "
+                f"{theirs[-1][0]:7.0f} frames/s",
                 flush=True,
             )
-    ratio = max(ours) / max(theirs)
-    print(
-        f"\nPPO, net {NET_ARCH}, {args.n_envs} envs, {args.timesteps} steps per run, 1 torch thread, "
-        f"best of {args.repeats}:"
-    )
-    ours_label = "perpclip (CryptoFutures-v0, zclip policy+value, TB/CSV logs, validation)"
-    theirs_label = "SB3 PPO (Pendulum-v1, max_grad_norm=0.5, no logging)"
-    print(f"  {ours_label:76}{max(ours):7.0f} frames/s")
-    print(f"  {theirs_label:76}{max(theirs):7.0f} frames/s")
-    print(f"  ratio {ratio:.2f} (target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+    a, b = max(f for f, _, _ in ours), max(f for f, _, _ in theirs)
+    ratio = a / b
+    print(f"\nwhole processes, best of {args.repeats}:")
+    print(f"  {'python train.py (defaults: PPO + zclip, logging, validation, save)':70}{a:8.0f} frames/s")
+    print(f"  {'SB3 PPO(MlpPolicy, Pendulum-v1) with SB3 defaults':70}{b:8.0f} frames/s")
+    print(f"  ratio {ratio:.2f} (target >= 5: {'met' if ratio >= 5 else 'NOT met'})")
     return 0
 
 

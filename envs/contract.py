@@ -79,7 +79,11 @@ class ExecutionConfig:
         lot_size: quantity step in base units (BTCUSDT: 0.001). Orders are rounded toward zero to a multiple.
         min_qty: smallest order in base units (BTCUSDT: 0.001); smaller orders are not sent.
         deadband: rebalances smaller than this fraction of the maximum position (``leverage * equity``
-            notional) are not traded, so that a policy's jitter does not churn fees. 0 disables it.
+            notional) are not traded, so that a policy's jitter does not churn fees (a no-trade band around
+            the current position, Garleanu & Pedersen 2013). 0 disables it. Default 0.2 (was 0.01): a policy's
+            target drifts a little every bar and 0.01 traded each drift; 0.2 still lets a policy go flat ->
+            long in one step. Alone it changed little for PPO (whose early targets swing by more than 0.2);
+            with the narrower default PPO policy it is part of the set that learned (benchmarks/LEARNING.md).
         max_participation: largest share of the fill bar's volume one order may take. A bigger order fills
             partially (rounded down to the lot) and the rest is dropped, not carried to the next bar (the
             agent re-decides every bar). ``None`` disables the cap. A bar with zero volume fills nothing.
@@ -96,7 +100,7 @@ class ExecutionConfig:
     vol_halflife: float = 24.0
     lot_size: float = 0.001
     min_qty: float = 0.001
-    deadband: float = 0.01
+    deadband: float = 0.2
     max_participation: float | None = 0.1
     fill_at: str = "next_open"
 

@@ -1,0 +1,86 @@
+"""The defaults train end to end through the CLI, and config.yaml records exactly the defaults.
+
+A smoke test, not a learning test: whether the defaults *learn* is measured by benchmarks/learning.py
+(results in benchmarks/LEARNING.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from cli_helpers import run_cli
+
+from agents.algos import ALGOS, resolve_hyperparams
+from agents.config import AlgoConfig, ClipConfig, RunConfig
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_default_config_trains_and_records_its_defaults(tmp_path, algo):
+    run = tmp_path / "run"
+    # Only the data (the small 999-bar set), the length and the validation are changed: everything else is
+    # the default a user gets from `python train.py`.
+    proc = run_cli(
+        "--algo",
+        algo,
+        "--data",
+        "btcusdt-perp-1h-2025",
+        "--timesteps",
+        "64",
+        "--eval-freq",
+        "0",
+        "--no-progress",
+        "--run-dir",
+        str(run),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "model.zip").is_file()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    want = RunConfig().replace(algo={"algo": algo})
+    assert cfg["algo"]["n_envs"] == AlgoConfig().n_envs
+    assert cfg["algo"]["normalize_obs"] == want.algo.normalize_obs
+    assert cfg["algo"]["normalize_reward"] == want.algo.normalize_reward
+    resolved = resolve_hyperparams(AlgoConfig(algo=algo), ClipConfig())
+    for key, value in ALGOS[algo].defaults.items():
+        if key == "policy_kwargs":
+            for k, v in value.items():
+                assert cfg["algo"]["hyperparams"]["policy_kwargs"][k] == v
+        else:
+            assert cfg["algo"]["hyperparams"][key] == resolved[key], key
+    assert cfg["env"] == RunConfig().to_dict()["env"]
+
+
+def test_default_rollout_fills_whole_minibatches():
+    """PPO's rollout (n_envs * n_steps) splits into whole minibatches: no ragged last batch each epoch."""
+    hp = ALGOS["ppo"].defaults
+    assert (AlgoConfig().n_envs * hp["n_steps"]) % hp["batch_size"] == 0
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+def test_train_cost_scale_raises_costs_of_the_training_envs_only(n_envs):
+    from agents.env_factory import load_data, make_period_env, make_train_env, split_ranges
+
+    cfg = RunConfig().replace(
+        data={"data": "btcusdt-perp-1h-2025"},
+        algo={"n_envs": n_envs, "train_cost_scale": 3.0},
+        env={"window": 4, "episode_bars": 48, "execution": {"taker_fee": 0.001, "deadband": 0.3}},
+    )
+    market = load_data(cfg.data.data)
+    vec = make_train_env(cfg, market)
+    inner = vec.venv if hasattr(vec, "venv") else vec  # VecNormalize -> monitor
+    inner = inner.venv if hasattr(inner, "venv") else inner  # VecMonitor -> adapter (batched)
+    ex = inner.envs[0].unwrapped.execution if n_envs == 1 else inner.venv.execution
+    assert ex.taker_fee == pytest.approx(0.003) and ex.half_spread_bps == pytest.approx(1.5)
+    assert ex.deadband == 0.3  # only the costs change
+    val, _, _ = make_period_env(market, cfg.env, split_ranges(len(market), cfg.data)["val"])
+    assert val.unwrapped.execution.taker_fee == 0.001  # validation (and evaluation) at the real costs
+    vec.close()
+
+
+def test_train_cost_scale_rejects_bad_values():
+    from agents.errors import UserError
+
+    for bad in (-1.0, float("inf"), "2"):
+        with pytest.raises(UserError, match="train_cost_scale"):
+            AlgoConfig(train_cost_scale=bad)
