@@ -273,10 +273,10 @@ class EvalConfig:
     """Periodic evaluation on the validation split during training (and the episodes of ``evaluate``).
 
     Attributes:
-        eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it. 50,000:
-            four validation passes in a default run; one pass over the default market's 4,395 validation bars
-            costs about as much as 5,000 training steps, so validating every 10,000 steps took ~45 % of the run
-            (``benchmarks/LEARNING.md``).
+        eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it.
+            50,000: four validation passes in a default run; one pass over the default market's 4,395
+            validation bars costs about as much as 5,000 training steps, so validating every 10,000 steps
+            took ~45 % of the run (``benchmarks/LEARNING.md``).
         metric: the validation metric that selects ``best_model.zip``. Trading: a key of
             ``envs.metrics.trade_metrics`` (higher is better, except ``max_drawdown``, compared by
             magnitude). Execution: ``shortfall_bps``, the mean implementation shortfall (lower is better).
