@@ -269,7 +269,9 @@ def test_cli_takes_raw_user_files_with_gaps_and_zoned_merged_funding(tmp_path):
     assert "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr
     ev = run_cli("evaluate", "r", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
-    assert json.loads((tmp_path / "r" / "eval.json").read_text())["agent"]["funding"] != 0.0
+    # The merged funding reached the env: buy-and-hold holds a position over the test period and pays it.
+    baselines = json.loads((tmp_path / "r" / "eval.json").read_text())["baselines"]
+    assert baselines["buy_and_hold"]["funding"] != 0.0
     # The web export read as UTC lands every rate on the wrong settlement: refused, naming the fix.
     proc = run_cli("--data", "bars.csv", "--fill-gaps", "--funding", "web.csv", *TINY_RUN, cwd=tmp_path)
     assert_user_error(proc, "web.csv@UTC+8")
