@@ -256,6 +256,18 @@ BINANCE_BTCUSDT_TIERS: tuple[tuple[float, float, float, float], ...] = (
 # functions
 
 
+def flat_rate_warning(owner: str, notional: float, flat_max: float, mmr: float) -> str:
+    """The message both trading envs give (once each) when a position outgrows the flat maintenance rate's
+    range: above Binance's first bracket the real rate is higher, so liquidations would come too late."""
+    return (
+        f"{owner}: a position notional of {notional:,.0f} USDT is above "
+        f"MarginConfig.flat_rate_max_notional={flat_max:,.0f} (Binance BTCUSDT's first bracket) "
+        f"while a flat maintenance rate of {mmr:g} is used: the real rate is higher there. Pass "
+        "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
+        "flat_rate_max_notional=None to silence this (said once per env)."
+    )
+
+
 def round_to_lot(qty: float, lot_size: float) -> float:
     """Round a signed quantity toward zero to a multiple of ``lot_size`` (never trades more than asked).
 

@@ -17,6 +17,7 @@ from envs.contract import (
     Account,
     ExecutionConfig,
     MarginConfig,
+    flat_rate_warning,
     liquidation_price,
     maintenance_margin,
     round_to_lot,
@@ -508,11 +509,7 @@ class CryptoFuturesEnv(gym.Env):
     def _warn_flat_rate(self, notional: float) -> None:
         self._flat_warned = True
         warnings.warn(
-            f"CryptoFuturesEnv: a position notional of {notional:,.0f} USDT is above "
-            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) "
-            f"while a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
-            "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
-            "flat_rate_max_notional=None to silence this (said once per env).",
+            flat_rate_warning("CryptoFuturesEnv", notional, self._flat_max, self._mmr),
             UserWarning,
             stacklevel=3,
         )

@@ -12,7 +12,7 @@ import pandas as pd
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.contract import ExecutionConfig, MarginConfig
+from envs.contract import ExecutionConfig, MarginConfig, flat_rate_warning
 from envs.features import FeatureConfig
 from envs.market import MarketData
 from envs.metrics import trade_metrics_batch
@@ -499,11 +499,7 @@ class CryptoFuturesVecEnv(VectorEnv):
     def _warn_flat_rate(self, notional: float) -> None:
         self._flat_warned = True
         warnings.warn(
-            f"CryptoFuturesVecEnv: a position notional of {notional:,.0f} USDT is above "
-            f"MarginConfig.flat_rate_max_notional={self._flat_max:,.0f} (Binance BTCUSDT's first bracket) "
-            f"while a flat maintenance rate of {self._mmr:g} is used: the real rate is higher there. Pass "
-            "MarginConfig(tiers=envs.contract.BINANCE_BTCUSDT_TIERS) for tiered maintenance margin, or "
-            "flat_rate_max_notional=None to silence this (said once per vector env).",
+            flat_rate_warning("CryptoFuturesVecEnv", notional, self._flat_max, self._mmr),
             UserWarning,
             stacklevel=4,
         )
