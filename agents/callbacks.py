@@ -144,6 +144,7 @@ class ValidationCallback(BaseCallback):
         score: ``(metric, value) -> float`` to maximize (default: ``TaskSpec.score`` of the registered task
             that has ``metric``: lower is better for ``shortfall_bps``, ``max_drawdown`` by magnitude).
         on_best: called with the metrics whenever a new best is found (saves ``best_model.zip``).
+        eval_at_start: also validate the untrained policy before the first step (not when resuming).
     """
 
     def __init__(
@@ -155,9 +156,12 @@ class ValidationCallback(BaseCallback):
         metric: str = "sharpe",
         on_best: Callable[[dict[str, Any]], None] | None = None,
         score: Callable[[str, float], float] | None = None,
+        eval_at_start: bool = True,
     ) -> None:
         super().__init__()
         self.evaluate = evaluate
+        self.eval_at_start = eval_at_start
+        self.start_timesteps = 0
         self.every_calls = max(1, eval_freq // max(1, n_envs))
         self.metric = metric
         self.on_best = on_best
@@ -195,10 +199,23 @@ class ValidationCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
         return metrics
 
+    def _on_training_start(self) -> None:
+        # The untrained policy is a candidate too: early stopping can then keep "never learned anything
+        # useful", which for a policy that starts inside the no-trade band means staying out of the market.
+        # Not on resume (num_timesteps > 0): the earlier run's best is restored by the caller instead.
+        self.start_timesteps = self.num_timesteps
+        if self.eval_at_start and self.num_timesteps == 0:
+            self.run_eval()
+
     def _on_step(self) -> bool:
         if self.n_calls % self.every_calls == 0:
             self.run_eval()
         return True
+
+    @property
+    def evaluated_after_start(self) -> bool:
+        """Whether any validation ran after the first step of this ``learn`` call."""
+        return any(step > self.start_timesteps for step, _ in self.history)
 
 
 def planned_steps(model: Any, remaining: int) -> int:

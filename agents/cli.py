@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="test (default), val, train or all")
     e.add_argument(
         "--model",
-        default="final",
-        choices=("final", "best"),
-        help="model.zip (final, default) or best_model.zip (best on validation)",
+        default="auto",
+        choices=("auto", "final", "best"),
+        help="auto (default): best_model.zip where training validated (early stopping), else model.zip; "
+        "final: model.zip; best: best_model.zip",
     )
     e.set_defaults(func=_cmd_evaluate)
     register_cli(sub)
@@ -178,10 +179,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     funding = args.funding[0] if args.funding and len(args.funding) == 1 else args.funding
     report = evaluate(args.run_dir, data=args.data, split=args.split, funding=funding, model=args.model)
+    run = RunDir(args.run_dir)
+    which = run.model(run.resolve_model(args.model)).name
+    auto_best = args.model == "auto" and which == "best_model.zip"
+    why = " (selected on the validation period; --model final for the last)" if auto_best else ""
     for line in report.describe():
         print(line)
     print(report.table())
-    run = RunDir(args.run_dir)
+    print(f"model: {which}{why}")
     cfg = load_config(run.config)
     plot = run.plot(cfg.spec.plot_name, args.split, args.model)
     print(f"wrote {run.eval_json(args.split, args.model)} and {plot}")

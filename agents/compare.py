@@ -85,12 +85,12 @@ class AgentsRunner:
     Attributes:
         num_threads: torch threads per run (1: runs in parallel processes should not fight over cores).
             ``None`` leaves torch's setting alone.
-        model: ``final`` (``model.zip``) or ``best`` (``best_model.zip``, selected on the fold's validation
-            range) is what gets evaluated on the test range.
+        model: what gets evaluated on the test range: ``auto`` (``best_model.zip`` where the run validated,
+            i.e. with ``--val-bars``, else ``model.zip``), ``final`` or ``best``.
     """
 
     num_threads: int | None = 1
-    model: str = "final"
+    model: str = "auto"
 
     def train(self, config: dict[str, Any], run_dir: Path) -> Any:
         if self.num_threads:
@@ -611,9 +611,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--gap", type=int, default=0, help="bars left out between training and test (default 0)")
     p.add_argument(
         "--model",
-        choices=("final", "best"),
-        default="final",
-        help="evaluate the final model (default) or the best on validation (needs --val-bars)",
+        choices=("auto", "final", "best"),
+        default="auto",
+        help="evaluate the best model on validation where runs validate (with --val-bars; the default, "
+        "auto), else the final one; or force final / best",
     )
     add_run_options(p, per_run=False)  # the options of train.py that are not set per run
     p.add_argument("--workers", type=int, help="parallel worker processes (default min(CPUs, runs))")

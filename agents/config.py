@@ -273,15 +273,16 @@ class EvalConfig:
     """Periodic evaluation on the validation split during training (and the episodes of ``evaluate``).
 
     Attributes:
-        eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it.
-            50,000: four validation passes in a default run; one pass over the default market's 4,395
-            validation bars costs about as much as 5,000 training steps, so validating every 10,000 steps
-            took ~45 % of the run (``benchmarks/LEARNING.md``).
+        eval_freq: evaluate every this many environment steps (summed over envs); 0 disables it. The
+            untrained policy is validated too (before the first step), so it can be the best model.
+            50,000: five validation passes in a default run (step 0 and four more); one pass over the
+            default market's 4,395 validation bars costs about as much as 2,000-5,000 training steps.
         metric: the validation metric that selects ``best_model.zip``. Trading: a key of
             ``envs.metrics.trade_metrics`` (higher is better, except ``max_drawdown``, compared by
-            magnitude). Execution: ``shortfall_bps``, the mean implementation shortfall (lower is better).
-            None (the default): ``sharpe`` for trading, ``shortfall_bps`` for execution; ``RunConfig``
-            fills it in, so ``config.yaml`` records the metric used.
+            magnitude) or ``sharpe_lcb`` (the Sharpe minus one standard error, 0 for a policy that never
+            trades: ``envs.metrics.sharpe_lower_bound``). Execution: ``shortfall_bps``, the mean
+            implementation shortfall (lower is better). None (the default): ``sharpe_lcb`` for trading,
+            ``shortfall_bps`` for execution; ``RunConfig`` fills it in, so ``config.yaml`` records it.
         deterministic: act with the policy's mode (mean action) rather than sampling.
         save_best: keep ``best_model.zip`` (with its clipper and normalization state).
         exec_starts: execution task only: at most this many arrival bars per evaluated period, evenly
@@ -411,11 +412,11 @@ class RunConfig:
         object.__setattr__(self, "envs", sections)
         metric = self.eval.metric
         if metric is None:
-            object.__setattr__(self, "eval", dataclasses.replace(self.eval, metric=spec.default_metric))
+            object.__setattr__(self, "eval", dataclasses.replace(self.eval, metric=spec.selection_metric))
         elif metric not in spec.metrics:
             raise UserError(
                 f"eval.metric {metric!r} does not apply to task {self.task!r}; use one of "
-                f"{', '.join(spec.metrics)} (or null: {spec.default_metric})"
+                f"{', '.join(spec.metrics)} (or null: {spec.selection_metric})"
             )
 
     def __getattr__(self, name: str) -> Any:
@@ -471,7 +472,7 @@ class RunConfig:
         if task == self.task:
             return self
         evl = self.eval
-        if evl.metric == self.spec.default_metric:
+        if evl.metric == self.spec.selection_metric:
             evl = dataclasses.replace(evl, metric=None)
         return dataclasses.replace(self, task=task, eval=evl)
 

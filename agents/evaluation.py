@@ -33,11 +33,11 @@ def evaluate(
     data: str | None = None,
     split: str = "test",
     funding: Any = None,
-    model: str = "final",
+    model: str = "auto",
     log_tensorboard: bool = True,
 ) -> TaskReport:
     """Run a saved policy deterministically over one period, next to the task's baselines; write the JSON
-    report and the plot (``eval.json`` and ``equity.png``/``shortfall.png`` for the final model on the test
+    report and the plot (``eval.json`` and ``equity.png``/``shortfall.png`` for the default model on the test
     split, ``eval-<split>-<model>.json`` and ``<plot>-<split>-<model>.png`` otherwise).
 
     Args:
@@ -46,7 +46,8 @@ def evaluate(
         split: ``test`` (default: the held-out period, never trained on), ``val``, ``train`` or ``all`` (every
             bar after the warm-up). Warm-up bars before the period feed the features only.
         funding: funding file(s) for ``data``.
-        model: ``final`` (``model.zip``) or ``best`` (``best_model.zip``, selected on the validation split).
+        model: ``auto`` (default: ``best_model.zip`` where training validated, i.e. early stopping on the
+            validation split, else ``model.zip``), ``final`` (``model.zip``) or ``best`` (``best_model.zip``).
         log_tensorboard: also log the metrics and the figure to the run's TensorBoard folder.
 
     Raises:
@@ -61,19 +62,20 @@ def evaluate(
     d = env_factory.RunData(cfg, data, funding)
     period = env_factory.Period("all", 0, len(d.market)) if split == "all" else d.periods[split]
     env, start, period = env_factory.make_period_env(d.market, cfg.task_env, period)
-    cm = load_model(cfg.algo, cfg.clip, run.model(model), env=env)
+    which = run.resolve_model(model)
+    cm = load_model(cfg.algo, cfg.clip, run.model(which), env=env)
     vecnorm = None
-    if run.vecnormalize(model).is_file():
+    if run.vecnormalize(which).is_file():
         from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-        vecnorm = VecNormalize.load(str(run.vecnormalize(model)), DummyVecEnv([lambda: env]))
+        vecnorm = VecNormalize.load(str(run.vecnormalize(which)), DummyVecEnv([lambda: env]))
         vecnorm.training = False
     act = env_factory.policy_act(cm.model, vecnormalize=vecnorm, deterministic=True)
     report = task.evaluate(env, act, cfg, period, start, d)
     header = {
         "task": cfg.task,
         "run_dir": str(run),
-        "model": run.model(model).name,
+        "model": run.model(which).name,
         "data": data if data is not None else cfg.data.data,
         "split": split,
         "period": [period.start, period.stop],
@@ -85,7 +87,7 @@ def evaluate(
         from stable_baselines3.common.logger import Image, Logger, TensorBoardOutputFormat
 
         logger = Logger(folder=str(run.tb), output_formats=[TensorBoardOutputFormat(str(run.tb))])
-        prefix = f"eval_{split}" if model == "final" else f"eval_{split}_{model}"
+        prefix = f"eval_{split}" if model == "auto" else f"eval_{split}_{model}"
         for key, value in report.metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 logger.record(f"{prefix}/{key}", float(value))

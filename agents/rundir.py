@@ -5,12 +5,14 @@
 ``command.txt``               the command line(s) that produced it (one line per train/resume)
 ``model.zip``                 the final SB3 model; the clipper state is inside (``perpclip_clippers.pt``)
 ``clipper_state.pt``          the same clipper state as a separate file, for inspection
-``best_model.zip``            the model with the best validation metric (``eval.metric``), with its clippers
+``best_model.zip``            the model with the best validation metric (``eval.metric``; the untrained policy
+                              is a candidate too), with its clippers: what ``evaluate`` uses by default
 ``vecnormalize.pkl``          observation/reward normalization statistics (only with ``normalize_*``)
 ``tb/``                       TensorBoard events: ``train/ rollout/ clip/ trade/ (or exec/) eval/ time/``
 ``progress.csv``              the same scalars as CSV (``progress-resume<N>.csv`` after a resume)
 ``train_result.json``         ``TrainResult`` of the last train/resume
-``eval.json``, ``<plot>.png`` ``evaluate`` of the final model on the test split (``equity.png`` for
+``eval.json``, ``<plot>.png`` ``evaluate`` of the default model (``best_model.zip`` if there is one, else
+                              ``model.zip``) on the test split (``equity.png`` for
                               trading, ``shortfall.png`` for execution); other splits/models get
                               ``eval-<split>-<model>.json`` and ``<plot>-<split>-<model>.png``
 ============================  ==========================================================================
@@ -108,16 +110,25 @@ class RunDir:
     def tb(self) -> Path:
         return self.path / self.TB
 
-    def eval_json(self, split: str = "test", model: str = "final") -> Path:
-        """``eval.json`` for the final model on the test split, else ``eval-<split>-<model>.json``."""
+    def resolve_model(self, model: str = "auto") -> str:
+        """``auto`` -> ``best`` where training kept a model selected on validation (early stopping), else
+        ``final``; ``final`` and ``best`` unchanged."""
+        if model == "auto":
+            return "best" if self.model("best").is_file() else "final"
+        return model
+
+    def eval_json(self, split: str = "test", model: str = "auto") -> Path:
+        """``eval.json`` for the default model (``auto``) on the test split, else
+        ``eval-<split>-<model>.json``."""
         return self.path / (
-            "eval.json" if (split, model) == ("test", "final") else f"eval-{split}-{model}.json"
+            "eval.json" if (split, model) == ("test", "auto") else f"eval-{split}-{model}.json"
         )
 
-    def plot(self, stem: str, split: str = "test", model: str = "final") -> Path:
-        """``<stem>.png`` for the final model on the test split, else ``<stem>-<split>-<model>.png``."""
+    def plot(self, stem: str, split: str = "test", model: str = "auto") -> Path:
+        """``<stem>.png`` for the default model (``auto``) on the test split, else
+        ``<stem>-<split>-<model>.png``."""
         return self.path / (
-            f"{stem}.png" if (split, model) == ("test", "final") else f"{stem}-{split}-{model}.png"
+            f"{stem}.png" if (split, model) == ("test", "auto") else f"{stem}-{split}-{model}.png"
         )
 
     def next_progress_csv(self, resume: bool) -> Path:
@@ -147,7 +158,7 @@ class RunDir:
                 f"(or --resume {path} to continue it)"
             )
 
-    def check_readable(self, model: str = "final") -> None:
+    def check_readable(self, model: str = "auto") -> None:
         """A folder to evaluate: it exists, holds a config and the model.
 
         Raises:
@@ -159,8 +170,9 @@ class RunDir:
             raise UserError(
                 f"{str(self.path)!r} is not a run folder (no {self.CONFIG}); pass a folder made by train.py"
             )
-        if model not in ("final", "best"):
-            raise UserError(f"model must be 'final' or 'best', got {model!r}")
+        if model not in ("auto", "final", "best"):
+            raise UserError(f"model must be 'auto', 'final' or 'best', got {model!r}")
+        model = self.resolve_model(model)
         if not self.model(model).is_file():
             raise UserError(
                 f"run folder {str(self.path)!r} has no {self.model(model).name} (training did not finish or "

@@ -49,7 +49,9 @@ class TaskSpec:
         section: the config section (and ``config.yaml`` key) of the env's arguments.
         config_cls: the frozen dataclass of that section; ``env_kwargs()`` gives the env's keywords.
         make_env: ``make_env(market, **kwargs)`` -> the Gymnasium env (with ``min_start``).
-        metrics: validation metrics ``eval.metric`` may name; ``metrics[0]`` is the default.
+        metrics: validation metrics ``eval.metric`` may name; ``metrics[0]`` is the headline metric of reports
+            (compare's tables and plot).
+        select_metric: the ``eval.metric`` used when none is given (None: ``metrics[0]``).
         lower_is_better: those of ``metrics`` where lower is better (compared by magnitude for drawdowns).
         make_validator: ``(env, cfg, start) -> (act -> metrics)``: one deterministic pass over the validation
             period (``start``: the local bar of its first decision).
@@ -91,11 +93,17 @@ class TaskSpec:
     describe: Callable[[Any], str] = lambda cfg: ""
     best_line: Callable[[dict[str, Any]], str] | None = None
     plot_name: str = "eval"
+    select_metric: str | None = None
 
     @property
     def default_metric(self) -> str:
-        """The validation metric that selects ``best_model.zip`` when ``eval.metric`` is not given."""
+        """The headline metric: what compare tabulates and plots on test periods."""
         return self.metrics[0]
+
+    @property
+    def selection_metric(self) -> str:
+        """The validation metric that selects ``best_model.zip`` when ``eval.metric`` is not given."""
+        return self.select_metric or self.metrics[0]
 
     def summary_columns(self) -> tuple[tuple[str, str, int], ...]:
         """Compare table columns; the default metric alone when ``summary`` is empty."""

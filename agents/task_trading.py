@@ -22,8 +22,13 @@ from agents.task_spec import TaskSpec
 
 __all__ = ["EnvConfig", "EvalReport", "TRADING"]
 
-#: Validation metrics (``trade_metrics`` keys); the first is the default.
-TRADING_METRICS = ("sharpe", "total_return", "sortino", "max_drawdown", "calmar")
+#: Validation metrics (``trade_metrics`` keys, and ``sharpe_lcb``); the first is the headline of reports.
+TRADING_METRICS = ("sharpe", "sharpe_lcb", "total_return", "sortino", "max_drawdown", "calmar")
+#: The default selection metric: ``envs.metrics.sharpe_lower_bound`` (Sharpe minus one standard error, 0 for
+#: a policy that never trades) is early stopping that can say "no edge": with the validation pass at step 0,
+#: where PPO's initial policy sits inside the no-trade band, a trained checkpoint replaces the flat start only
+#: with a validation edge.
+SELECT_METRIC = "sharpe_lcb"
 
 
 @dataclass(frozen=True)
@@ -167,10 +172,12 @@ def _make_batched_env(market: Any, num_envs: int, **kwargs: Any) -> Any:
 
 def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     from envs.baselines import run_episode
+    from envs.metrics import sharpe_lower_bound
 
     def validate(act: Any) -> dict[str, Any]:
         # Ranking checkpoints on one period stays sound even where annualizing its ratios is not.
-        return run_episode(env, act, start=start, seed=cfg.algo.seed, short_ratios="keep").metrics
+        metrics = run_episode(env, act, start=start, seed=cfg.algo.seed, short_ratios="keep").metrics
+        return {**metrics, "sharpe_lcb": sharpe_lower_bound(metrics)}
 
     return validate
 
@@ -242,6 +249,7 @@ TRADING = TaskSpec(
     make_env=_make_env,
     make_batched_env=_make_batched_env,
     metrics=TRADING_METRICS,
+    select_metric=SELECT_METRIC,
     lower_is_better=("max_drawdown",),
     make_validator=_make_validator,
     evaluate=_evaluate,
@@ -250,6 +258,9 @@ TRADING = TaskSpec(
     period_bars=lambda env_cfg: (2, "to trade (it needs 2 bars"),
     summary=(("total_return", "test return", 4), ("sharpe", "test Sharpe", 2)),
     reference="buy_and_hold",
-    best_line=lambda m: f"Sharpe {m['sharpe']:.2f}, return {m['total_return']:+.2%}",
+    best_line=lambda m: (
+        f"Sharpe {m['sharpe']:.2f} (minus one standard error: {m.get('sharpe_lcb', float('nan')):.2f}), "
+        f"return {m['total_return']:+.2%}, turnover {m.get('turnover', float('nan')):.1f}x"
+    ),
     plot_name="equity",
 )

@@ -245,8 +245,9 @@ def train(
         diverged_reason = clip_cb.diverged_reason
     if diverged_reason is None and not _params_finite(model):
         diverged_reason = "non-finite policy parameters after training"
-    if eval_cb is not None and not interrupted and diverged_reason is None and eval_cb.best_metrics is None:
-        eval_cb.run_eval()  # budget shorter than eval_freq: still keep a best model and log eval/ once
+    ok = not interrupted and diverged_reason is None
+    if eval_cb is not None and ok and not eval_cb.evaluated_after_start:
+        eval_cb.run_eval()  # budget shorter than eval_freq: the trained policy is still a candidate
 
     _save_all(cm, run)
     hooks = cm.hooks

@@ -82,7 +82,7 @@ def main() -> int:
     def job(j: tuple[str, str]) -> dict:
         algo, tgt = j
         opts = [] if algo == "ppo" else ["--algo", algo]
-        return run_one(f"{algo}@{tgt}", TARGETS[tgt][1], opts, runs, "final", splits=("test",))
+        return run_one(f"{algo}@{tgt}", TARGETS[tgt][1], opts, runs, "auto", splits=("test",))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as ex:
         results = list(ex.map(job, jobs))

@@ -141,7 +141,7 @@ def run_one(
         r = subprocess.run(ecmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             return {"name": name, "error": (r.stderr or r.stdout)[-800:], "cmd": ecmd}
-        out = "eval.json" if (split, model) == ("test", "final") else f"eval-{split}-{model}.json"
+        out = "eval.json" if (split, model) == ("test", "auto") else f"eval-{split}-{model}.json"
         res[split] = _summary(json.loads((run_dir / out).read_text()))
     res["model"] = model
     return res
@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "learning_results.jsonl"))
     p.add_argument("--runs", default=str(ROOT / "runs" / "learning"))
-    p.add_argument("--model", default="final", choices=("final", "best"))
+    p.add_argument("--model", default="auto", choices=("auto", "final", "best"))
     p.add_argument("--list", action="store_true")
     p.add_argument("--table", action="store_true")
     args = p.parse_args()

@@ -40,6 +40,7 @@ __all__ = [
     "fmt",
     "memorisation_warning",
     "periods_per_year",
+    "sharpe_lower_bound",
     "sharpe_standard_error",
     "trade_metrics",
     "trade_metrics_batch",
@@ -277,6 +278,35 @@ def sharpe_standard_error(sharpe: float, years: float, periods_per_year: float) 
     if not (years > 0 and periods_per_year > 0):
         raise ValueError(f"years and periods_per_year must be > 0, got {years!r} and {periods_per_year!r}")
     return math.sqrt((1.0 + sharpe * sharpe / (2.0 * periods_per_year)) / years)
+
+
+def sharpe_lower_bound(metrics: dict, *, z: float = 1.0) -> float:
+    """The Sharpe ratio minus ``z`` standard errors: what a period's result says the policy earns at least.
+
+    Ranking checkpoints on one validation period by their raw Sharpe picks whichever was luckiest there; a
+    checkpoint that trades a little and happened to gain (a Sharpe of 1 over half a year is ~0.7 standard
+    errors) would beat staying out. Penalising by the standard error of :func:`sharpe_standard_error` makes a
+    policy that never takes a position (all returns exactly 0: a known result with no estimation error)
+    score 0, and a trading policy beat it only with evidence of an edge (``SR > z * se``).
+
+    Args:
+        metrics: :func:`trade_metrics` of one policy (``sharpe``, ``years``, ``n_returns`` are used; compute
+            them with ``short_ratios="keep"`` on short periods).
+        z: standard errors subtracted (1: the one-sided 84 % bound).
+
+    Returns:
+        ``sharpe - z * se``; 0 for a policy whose returns are all 0 (never exposed); NaN where the Sharpe is
+        NaN or there are fewer than 2 returns (nothing to judge).
+    """
+    missing = {"sharpe", "years", "n_returns"} - set(metrics)
+    if missing:
+        raise ValueError(f"metrics lack {sorted(missing)}: pass envs.metrics.trade_metrics output")
+    s, years, n = float(metrics["sharpe"]), float(metrics["years"]), int(metrics["n_returns"])
+    if math.isnan(s) or n < 2 or years <= 0:
+        return math.nan
+    if s == 0.0 and float(metrics.get("turnover", 0.0)) == 0.0:
+        return 0.0  # never traded: zero return for certain
+    return s - z * sharpe_standard_error(s, years, n / years) if math.isfinite(s) else s
 
 
 #: Standard errors by which a result must clear the bar in :func:`memorisation_warning` (~2.3 % one-sided

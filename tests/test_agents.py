@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -538,6 +539,9 @@ def test_evaluate_rejects_bad_run_folders(tmp_path):
         evaluate(run)
     Path(run / "model.zip").unlink()
     with pytest.raises(UserError, match="has no model.zip"):
+        evaluate(run, model="final")
+    Path(run / "best_model.zip").unlink()  # the default (auto) falls back to model.zip, which is gone too
+    with pytest.raises(UserError, match="has no model.zip"):
         evaluate(run)
 
 
@@ -678,3 +682,79 @@ def test_clip_inf_from_the_command_line_is_float_inf(tmp_path):
     assert dict(spec.policy.kwargs)["max_norm"] == math.inf
     save_config(cfg, tmp_path / "config.yaml")  # and it survives the run's config.yaml
     assert load_config(tmp_path / "config.yaml").clip.policy_kwargs["max_norm"] == math.inf
+
+
+def test_validation_keeps_the_untrained_policy_when_training_shows_no_edge():
+    """Early stopping sees the step-0 policy: later checkpoints replace it only with a better score."""
+    from stable_baselines3 import PPO
+
+    from agents.callbacks import ValidationCallback
+
+    scores = iter([0.0, -1.0, -0.5, 0.25])  # step 0, then after 32, 64, 96 steps
+    best_at: list[int] = []
+    model = PPO(
+        "MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [8]},
+        seed=0, device="cpu",
+    )
+    cb = ValidationCallback(
+        lambda: {"sharpe_lcb": next(scores)},
+        eval_freq=32,
+        n_envs=1,
+        metric="sharpe_lcb",
+        score=lambda _m, v: v,
+        on_best=lambda _metrics: best_at.append(cb.num_timesteps),
+    )
+    model.learn(64, callback=cb)
+    assert [step for step, _ in cb.history] == [0, 32, 64]
+    assert best_at == [0] and cb.best == 0.0  # no checkpoint beat the untrained policy
+    assert cb.evaluated_after_start
+    model.learn(32, callback=cb, reset_num_timesteps=False)  # a resume: no second step-0 pass
+    assert [step for step, _ in cb.history] == [0, 32, 64, 96] and best_at == [0, 96]
+
+
+def test_evaluate_defaults_to_the_model_selected_on_validation(tmp_path):
+    from agents.run import evaluate, train
+
+    run = tmp_path / "run"
+    res = train(tiny_config(), run)
+    assert res.best_eval is not None and "sharpe_lcb" in res.best_eval
+    cfg = load_config(run / "config.yaml")
+    assert cfg.eval.metric == "sharpe_lcb"  # the trading task's default selection metric
+    evaluate(run)
+    assert json.loads((run / "eval.json").read_text())["model"] == "best_model.zip"
+    evaluate(run, model="final")
+    assert json.loads((run / "eval-test-final.json").read_text())["model"] == "model.zip"
+    (run / "best_model.zip").unlink()  # a run without validation: the final model
+    evaluate(run)
+    assert json.loads((run / "eval.json").read_text())["model"] == "model.zip"
+
+
+@pytest.mark.parametrize("algo", ["PPO", "SAC"])
+def test_policy_act_equals_predict(algo):
+    """The validation/evaluation fast path gives exactly ``model.predict``'s actions (clip or unscale)."""
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from agents.env_factory import policy_act
+
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), norm_reward=False)
+    venv.obs_rms.mean[:] = [0.5, -0.2, 1.0]
+    venv.obs_rms.var[:] = [2.0, 0.5, 3.0]
+    venv.training = False
+    model = getattr(sb3, algo)("MlpPolicy", venv, policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
+    rng = np.random.default_rng(0)
+    for vecnorm in (None, venv):
+        for deterministic in (True, False) if algo == "PPO" else (True,):
+            act = policy_act(model, vecnormalize=vecnorm, deterministic=deterministic)
+            act.reset()
+            for _ in range(20):
+                obs = (rng.standard_normal(3) * 5).astype(np.float32)
+                x = vecnorm.normalize_obs(obs) if vecnorm is not None else obs
+                if deterministic:
+                    want, _ = model.predict(x, deterministic=True)
+                    got = act(obs, {})
+                    assert got.shape == want.shape == (1,) and got.dtype == want.dtype
+                    np.testing.assert_array_equal(got, want)
+                else:  # sampled: same bounds, same shape
+                    got = act(obs, {})
+                    assert got.shape == (1,) and -2.0 <= got[0] <= 2.0

@@ -106,7 +106,7 @@ def test_damaged_model_and_failed_resume(run, tmp_path):
     data = (broken / "model.zip").read_bytes()
     (broken / "model.zip").write_bytes(data[: len(data) // 2])
     commands = (broken / "command.txt").read_text()
-    proc = run_cli("evaluate", str(broken), cwd=tmp_path)
+    proc = run_cli("evaluate", str(broken), "--model", "final", cwd=tmp_path)
     assert_user_error(proc, "model.zip", "damaged")
     assert "Error: Error" not in proc.stderr and "error: Error" not in proc.stderr
     proc = run_cli("--resume", str(broken), "--timesteps", "32", cwd=tmp_path)

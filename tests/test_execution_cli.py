@@ -170,7 +170,7 @@ def test_execution_config_yaml_round_trip(tmp_path):
     mixed = cfg.replace(env={"window": 16})
     assert RunConfig.from_dict(mixed.to_dict()) == mixed
     # Switching tasks moves the default validation metric with it.
-    assert cfg.with_task("trading").eval.metric == "sharpe"
+    assert cfg.with_task("trading").eval.metric == "sharpe_lcb"
     assert RunConfig.from_dict({"task": "execution"}).eval.metric == "shortfall_bps"
     # A trading config.yaml written before the execution task existed still loads.
     old = RunConfig().to_dict()

@@ -13,6 +13,7 @@ from envs.metrics import (
     MIN_DAYS_SHARPE,
     fmt,
     memorisation_warning,
+    sharpe_lower_bound,
     sharpe_standard_error,
     trade_metrics,
 )
@@ -150,6 +151,24 @@ def test_sharpe_standard_error_hand_computed():
     assert sharpe_standard_error(2.0, 4.0, 1) == pytest.approx(math.sqrt(3 / 4))
     with pytest.raises(ValueError, match="years"):
         sharpe_standard_error(1.0, 0.0, 8760)
+
+
+def test_sharpe_lower_bound_hand_computed():
+    # A quarter year of hourly bars at SR 3: se sqrt((1 + 9 / 17520) / 0.25) = 2.000514; bound 0.999486.
+    m = {"sharpe": 3.0, "years": 0.25, "n_returns": 2190, "turnover": 4.0}
+    assert sharpe_lower_bound(m) == pytest.approx(3.0 - 2.0 * math.sqrt(1 + 9 / 17520))
+    assert sharpe_lower_bound(m, z=2.0) == pytest.approx(3.0 - 4.0 * math.sqrt(1 + 9 / 17520))
+    # Trading that lost nothing and gained nothing still carries its uncertainty...
+    assert sharpe_lower_bound({**m, "sharpe": 0.0}) == pytest.approx(-2.0)
+    # ...never trading does not: a flat curve from trade_metrics scores exactly 0.
+    flat = trade_metrics(np.full(2191, 100.0), bar_seconds=HOUR, short_ratios="keep")
+    assert sharpe_lower_bound(flat) == 0.0
+    # So on this quarter year a policy needs SR > se (~2) to rank above staying out.
+    assert sharpe_lower_bound({**m, "sharpe": 1.9}) < 0.0 < sharpe_lower_bound({**m, "sharpe": 2.1})
+    assert math.isnan(sharpe_lower_bound({**m, "sharpe": math.nan}))
+    assert math.isnan(sharpe_lower_bound({**m, "n_returns": 1}))
+    with pytest.raises(ValueError, match="years"):
+        sharpe_lower_bound({"sharpe": 1.0})
 
 
 def _m(sharpe: float, years: float) -> dict:
