@@ -26,6 +26,7 @@ from agents.errors import UserError
 
 __all__ = [
     "ALGOS",
+    "OPTIMIZERS",
     "AlgoSpec",
     "ClippedModel",
     "build_model",
@@ -140,6 +141,22 @@ ALGOS: dict[str, AlgoSpec] = {
 }
 assert set(ALGOS) == set(ALGO_NAMES)
 
+#: Names ``hyperparams.policy_kwargs.optimizer_class`` accepts (YAML-safe) -> the ``torch.optim`` class name.
+#: ``sgd`` is plain ``torch.optim.SGD``: step = lr x gradient (momentum etc. via ``optimizer_kwargs``).
+OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}
+
+
+def _optimizer_name(value: Any) -> str:
+    """The lower-case name of an ``optimizer_class`` value (a name of :data:`OPTIMIZERS` or a torch class)."""
+    name = value.__name__ if isinstance(value, type) else str(value)
+    key = name.rpartition(".")[2].lower()
+    if key not in OPTIMIZERS:
+        raise UserError(
+            f"hyperparams.policy_kwargs.optimizer_class {name!r} is not supported; use one of "
+            f"{', '.join(OPTIMIZERS)} (e.g. compare --optimizer adam,sgd)"
+        )
+    return key
+
 
 def resolve_hyperparams(algo: AlgoConfig, clip: ClipConfig) -> dict[str, Any]:
     """perpclip's defaults for ``algo.algo`` overlaid with ``algo.hyperparams`` (policy_kwargs merged
@@ -164,6 +181,8 @@ def resolve_hyperparams(algo: AlgoConfig, clip: ClipConfig) -> dict[str, Any]:
             )
         if not clip.active:
             hp.setdefault("max_grad_norm", 0.5)
+    if "optimizer_class" in pk:
+        _optimizer_name(pk["optimizer_class"])  # an unknown name fails here, before anything is built
     for forbidden in ("env", "policy", "seed", "device", "tensorboard_log", "verbose"):
         if forbidden in hp:
             raise UserError(
@@ -177,9 +196,17 @@ def _constructor_kwargs(algo: AlgoConfig, clip: ClipConfig, n_actions: int) -> d
     spec = ALGOS[algo.algo]
     policy_kwargs = dict(hp.pop("policy_kwargs", {}))
     policy_kwargs.setdefault("net_arch", copy.deepcopy(algo.net_arch))
-    if "optimizer_kwargs" in policy_kwargs and algo.algo in ("ppo", "recurrent_ppo"):
+    optimizer = policy_kwargs.get("optimizer_class")
+    if optimizer is not None:
+        import torch
+
+        optimizer = _optimizer_name(optimizer)
+        policy_kwargs["optimizer_class"] = getattr(torch.optim, OPTIMIZERS[optimizer])
+    # Adam is PPO's and RecurrentPPO's default; A2C's is RMSprop unless an optimizer_class is given.
+    adam = optimizer == "adam" or (optimizer is None and algo.algo in ("ppo", "recurrent_ppo"))
+    if "optimizer_kwargs" in policy_kwargs and spec.on_policy and adam:
         # SB3 sets Adam eps=1e-5 only when no optimizer_kwargs are given; any given kwargs silently fall back
-        # to torch's 1e-8. Keep SB3's value unless the user chose one.
+        # to torch's 1e-8. Keep SB3's value unless the user chose one (SGD has no eps: not added there).
         policy_kwargs["optimizer_kwargs"] = {"eps": 1e-5, **policy_kwargs["optimizer_kwargs"]}
     hp["policy_kwargs"] = policy_kwargs
     noise = hp.pop("action_noise", None)

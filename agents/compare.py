@@ -12,6 +12,8 @@ next to its reference baseline.
 The parts, each behind a small interface:
 
 - what the command asks for: :mod:`agents.compare_spec` (clipper specs, seeds, folds, the grid of jobs);
+- the stress axes (``--lr``, ``--optimizer``, ``--reward-scale``, ``--markets``) crossed into arms:
+  :mod:`agents.compare_arms`; tables, paired statistics and plots are made per arm;
 - one run in a worker and its typed outcome with the divergence rules: :mod:`agents.compare_outcome`;
 - where runs execute (inline, a process per job, Ray): :mod:`agents.compare_backends`;
 - the compare folder as a result store (lock, ``result.json`` per run, the resume scan):
@@ -32,12 +34,13 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from agents.compare_arms import ARM_DEFINITIONS, add_arm_options, apply_arm, arms_from_args
 from agents.compare_backends import default_workers, make_backend
 from agents.compare_outcome import Runner, execute_job
 from agents.compare_report import (
@@ -54,6 +57,7 @@ from agents.compare_report import (
     summarize,
 )
 from agents.compare_spec import (
+    Arm,
     ClipSpec,
     FoldRanges,
     RunJob,
@@ -146,6 +150,9 @@ class CompareResult:
         paired: one row per clipper: IQM with CI, dispersion and the paired comparison with ``reference``
             on the test ``metric`` (:func:`agents.compare_report.paired_report`).
         reference: the reference clipper's label; metric: the test metric of ``paired``.
+
+    With stress axes (more than the one empty arm) ``summary`` and ``paired`` have a leading ``arm`` column
+    and one block of rows per arm.
     """
 
     out_dir: Path
@@ -190,6 +197,7 @@ def run_compare(
     command: str | None = None,
     log: Callable[[str], None] | None = print,
     reference: str | None = None,
+    arms: Sequence[Arm] | None = None,
 ) -> CompareResult:
     """Run (or resume) a compare and write its results.
 
@@ -212,6 +220,8 @@ def run_compare(
         log: where progress lines go (``None``: silent).
         reference: the clipper spec the others are compared with, pair by pair (same seed, same fold);
             default ``none`` if it is in the grid, else the first spec.
+        arms: the stress-axis combinations (:func:`agents.compare_arms.make_arms`); each is crossed with
+            clippers x seeds x folds, and compared within itself. Default: one arm, the base config.
 
     Returns:
         The :class:`CompareResult`; the table is also in ``summary.md``.
@@ -222,7 +232,18 @@ def run_compare(
     """
     say = log or (lambda _msg: None)
     plan = _plan(
-        base_config, clips, seeds, folds, n_bars, fold_mode, test_bars, min_train_bars, val_bars, gap, runner
+        base_config,
+        clips,
+        seeds,
+        folds,
+        n_bars,
+        fold_mode,
+        test_bars,
+        min_train_bars,
+        val_bars,
+        gap,
+        runner,
+        list(arms) if arms else [Arm()],
     )
     ref_label = _reference_label(reference, plan.specs)
     runner = runner if runner is not None else AgentsRunner()
@@ -240,6 +261,7 @@ def run_compare(
                 "seeds": plan.seeds,
                 "folds": [{"train": f.train, "val": f.val, "test": f.test} for f in plan.folds],
                 "base_config": base_config,
+                **({"arms": [dict(a.values) for a in plan.arms]} if plan.has_arms else {}),
             }
         )
         rows, todo = store.scan(plan.jobs, retry_failed=retry_failed, say=say)
@@ -250,20 +272,19 @@ def run_compare(
             _execute(plan, todo, store, runner, rows, workers=workers, ray_address=ray_address, say=say)
         ordered = [rows[j.name] for j in plan.jobs if j.name in rows]
         frame = results_frame(ordered)
-        columns = plan.task.summary_columns()
-        summary = summarize(
-            frame, order=[s.label for s in plan.specs], columns=columns, reference=plan.task.reference
-        )
-        table = format_summary(summary, columns)
-        paired = _paired(frame, plan, ref_label)
-        frame = results_frame(frame.assign(delta_vs_reference=paired.deltas).to_dict("records"))
-        _write_outputs(store, frame, summary, table, plan, command, getattr(runner, "model", None), paired)
+        reports = _arm_reports(frame, plan, ref_label)
+        deltas = pd.concat([r.paired.deltas for r in reports]).reindex(frame.index)
+        frame = results_frame(frame.assign(delta_vs_reference=deltas).to_dict("records"))
+        _write_outputs(store, frame, reports, plan, command, getattr(runner, "model", None))
     n_failed = int((frame["status"] != "ok").sum())
-    say("")
-    say(table)
-    say("")
-    say(paired.heading)
-    say(paired.table_md)
+    for rep in reports:
+        say("")
+        if plan.has_arms and len(plan.arms) > 1:
+            say(f"== arm {rep.arm.label} ==")
+        say(rep.table)
+        say("")
+        say(rep.paired.heading)
+        say(rep.paired.table_md)
     say("")
     say(
         f"compare: {len(ordered) - n_failed} ok, {n_failed} failed of {len(plan.jobs)} run(s); "
@@ -272,8 +293,25 @@ def run_compare(
     )
     if n_failed:
         say(f"compare: failed runs keep their traceback in <run>/{TRACEBACK_FILE}")
+    if plan.has_arms:
+        summary = pd.concat([r.summary.assign(arm=r.arm.label) for r in reports], ignore_index=True)
+        paired_table = pd.concat([r.paired.table.assign(arm=r.arm.label) for r in reports], ignore_index=True)
+        summary = summary[["arm", *[c for c in summary.columns if c != "arm"]]]
+        paired_table = paired_table[["arm", *[c for c in paired_table.columns if c != "arm"]]]
+        table = "\n\n".join(f"arm {r.arm.label}\n{r.table}" for r in reports)
+    else:
+        summary, paired_table, table = reports[0].summary, reports[0].paired.table, reports[0].table
     return CompareResult(
-        out_dir, frame, summary, table, len(todo), n_skipped, n_failed, paired.table, ref_label, paired.metric
+        out_dir,
+        frame,
+        summary,
+        table,
+        len(todo),
+        n_skipped,
+        n_failed,
+        paired_table,
+        ref_label,
+        reports[0].paired.metric,
     )
 
 
@@ -309,16 +347,20 @@ class _PairedOut:
     dispersion_md: str
 
 
-def _paired(frame: pd.DataFrame, plan: _Plan, ref_label: str) -> _PairedOut:
+def _paired(
+    frame: pd.DataFrame, plan: _Plan, ref_label: str, metric: str, note: str, arm: Arm
+) -> _PairedOut:
     task = plan.task
     columns = task.summary_columns()
-    metric, note = primary_metric(frame, task.default_metric, columns)
     label, digits = next(((lab, d) for key, lab, d in columns if key == metric), (f"test {metric}", 4))
     order = [s.label for s in plan.specs]
     table, deltas = paired_report(
         frame, order, metric=metric, reference=ref_label, lower_is_better=metric in task.lower_is_better
     )
-    heading = f"Paired comparison with `{ref_label}` on {label} (same seed, same fold)"
+    same = "same seed, same fold, same arm" if plan.has_arms else "same seed, same fold"
+    heading = f"Paired comparison with `{ref_label}` on {label} ({same})"
+    if plan.has_arms and len(plan.arms) > 1:
+        heading += f" in arm `{arm.label}`"
     if note:
         heading += f"; {note}, so {label} is used"
     return _PairedOut(
@@ -335,14 +377,51 @@ def _paired(frame: pd.DataFrame, plan: _Plan, ref_label: str) -> _PairedOut:
 
 
 @dataclass(frozen=True)
+class _ArmReport:
+    """The tables of one arm: the per-clipper summary and the paired statistics."""
+
+    arm: Arm
+    summary: pd.DataFrame
+    table: str
+    paired: _PairedOut
+
+
+def _arm_reports(frame: pd.DataFrame, plan: _Plan, ref_label: str) -> list[_ArmReport]:
+    """Summary and paired statistics per arm (pairs: same seed, same fold, same arm). One metric for all
+    arms: the task's default unless no arm has a finite value of it."""
+    task = plan.task
+    columns = task.summary_columns()
+    metric, note = primary_metric(frame, task.default_metric, columns)
+    out = []
+    for arm in plan.arms:
+        sub = frame[frame["arm"] == arm.label] if plan.has_arms and "arm" in frame else frame
+        order = [s.label for s in plan.specs]
+        summary = summarize(sub, order=order, columns=columns, reference=task.reference)
+        paired = _paired(sub, plan, ref_label, metric, note, arm)
+        out.append(_ArmReport(arm, summary, format_summary(summary, columns), paired))
+    return out
+
+
+@dataclass(frozen=True)
 class _Plan:
-    """What a compare runs: the parsed specs, seeds and folds, the jobs, and the task that judges them."""
+    """What a compare runs: the parsed specs, seeds and folds, the jobs, and the task that judges them.
+
+    ``folds`` are the first market's; ``market_folds`` has every market's (data spec -> folds) when the arms
+    span several markets.
+    """
 
     specs: list[ClipSpec]
     seeds: list[int]
     folds: list[FoldRanges]
     jobs: list[RunJob]
     task: Any
+    arms: list[Arm] = field(default_factory=lambda: [Arm()])
+    market_folds: dict[str, list[FoldRanges]] = field(default_factory=dict)
+
+    @property
+    def has_arms(self) -> bool:
+        """True when stress axes were given (even with one value each): arm columns, per-arm reports."""
+        return bool(self.arms[0].values)
 
 
 def _plan(
@@ -357,6 +436,7 @@ def _plan(
     val_bars: int,
     gap: int,
     runner: Runner | None,
+    arms: list[Arm],
 ) -> _Plan:
     from agents.tasks import get_task
 
@@ -367,26 +447,42 @@ def _plan(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     real = runner is None or isinstance(runner, AgentsRunner)
-    market = _load_market(base_config) if real or (isinstance(folds, int) and n_bars is None) else None
-    if isinstance(folds, int):
-        try:
-            fold_list = make_folds(
-                len(market) if n_bars is None else n_bars,
-                folds,
-                mode=fold_mode,
-                test_bars=test_bars,
-                min_train_bars=min_train_bars,
-                val_bars=val_bars,
-                gap=gap,
-            )
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    else:
-        fold_list = list(folds)
-    jobs = expand_grid(base_config, specs, seed_list, fold_list)
+    configs = [apply_arm(base_config, arm) for arm in arms]
+    # Markets differ in length: folds (and the preflight's warm-up check) are per market.
+    by_market: dict[str, tuple[Any, list[FoldRanges]]] = {}
+    for cfg in configs:
+        data = cfg.get("data", {}).get("data", "btcusdt-1h")
+        if data in by_market:
+            continue
+        market = _load_market(cfg) if real or (isinstance(folds, int) and n_bars is None) else None
+        if isinstance(folds, int):
+            try:
+                fold_list = make_folds(
+                    len(market) if n_bars is None else n_bars,
+                    folds,
+                    mode=fold_mode,
+                    test_bars=test_bars,
+                    min_train_bars=min_train_bars,
+                    val_bars=val_bars,
+                    gap=gap,
+                )
+            except ValueError as exc:
+                where = f"market {data!r}: " if len(arms) > 1 else ""
+                raise UserError(f"{where}{exc}") from None
+        else:
+            fold_list = list(folds)
+        by_market[data] = (market, fold_list)
+    jobs: list[RunJob] = []
+    for arm, cfg in zip(arms, configs, strict=True):
+        data = cfg.get("data", {}).get("data", "btcusdt-1h")
+        jobs += expand_grid(cfg, specs, seed_list, by_market[data][1], arm)
     if real:
-        _preflight(jobs, fold_list, market, runner or AgentsRunner())
-    return _Plan(specs, seed_list, fold_list, jobs, task)
+        for data, (market, fold_list) in by_market.items():
+            market_jobs = [j for j in jobs if j.config.get("data", {}).get("data", "btcusdt-1h") == data]
+            _preflight(market_jobs, fold_list, market, runner or AgentsRunner())
+    market_folds = {data: fl for data, (_, fl) in by_market.items()}
+    first = next(iter(market_folds.values()))
+    return _Plan(specs, seed_list, first, jobs, task, arms, market_folds if len(market_folds) > 1 else {})
 
 
 def _parsed(clips: Any) -> bool:
@@ -427,7 +523,8 @@ def _execute(
     # Clippers interleaved (for each seed and fold, every clipper in turn): each clipper meets the same
     # machine load and worker warm-up, so wall times stay comparable.
     rank = {s.label: i for i, s in enumerate(plan.specs)}
-    todo.sort(key=lambda j: (j.seed, j.fold, rank[j.clip]))
+    arm_rank = {a.label: i for i, a in enumerate(plan.arms)}
+    todo.sort(key=lambda j: (j.seed, j.fold, arm_rank.get(j.arm.label, 0), rank[j.clip]))
     n_workers = workers if workers is not None else default_workers(len(todo))
     backend = make_backend(store, runner, workers=n_workers, ray_address=ray_address)
     say(f"compare: running {len(todo)} run(s) on {backend.where}; output in {store.out_dir}")
@@ -455,15 +552,15 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
     from agents.env_factory import warmup_bars
     from agents.run import resolve_config
 
-    checked: set[str] = set()
+    checked: set[tuple[str, str]] = set()
     cfg = None
     for job in jobs:
         try:
             cfg = RunConfig.from_dict(job.config)
-            if job.clip not in checked:
+            if (job.arm.label, job.clip) not in checked:
                 validate_clip(cfg.clip)
                 resolve_config(cfg)
-                checked.add(job.clip)
+                checked.add((job.arm.label, job.clip))
         except (ValueError, TypeError) as err:
             raise UserError(f"compare: run {job.name}: {' '.join(str(err).split())}") from err
     if cfg is None:
@@ -484,12 +581,10 @@ def _preflight(jobs: list[RunJob], folds: list[FoldRanges], market: Any, runner:
 def _write_outputs(
     store: ResultStore,
     frame: pd.DataFrame,
-    summary: pd.DataFrame,
-    table: str,
+    reports: list[_ArmReport],
     plan: _Plan,
     command: str | None,
     evaluated: str | None = None,
-    paired: _PairedOut | None = None,
 ) -> None:
     # results.csv / summary.md / the plot are derived from the runs' result.json files (never lost), so they
     # are rewritten as a whole on resume; written to a temp name first so a crash leaves the old ones intact.
@@ -502,6 +597,8 @@ def _write_outputs(
     task = plan.task
     metric = task.default_metric
     label = next((lab for key, lab, _ in task.summary_columns() if key == metric), f"test {metric}")
+    many = len(plan.arms) > 1
+    panels = [a.label for a in plan.arms] if many else None
     try:
         plot_metric(
             frame,
@@ -510,44 +607,71 @@ def _write_outputs(
             metric=metric,
             label=label,
             reference=task.reference,
+            panels=panels,
         )
-        plot_line = f"![{label} per clipper]({_plot_file(task)})\n\n"
+        plot_line = f"![{label} per clipper{' and arm' if many else ''}]({_plot_file(task)})\n\n"
     except Exception as err:  # a plot must not cost the tables
         plot_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
-    paired_text = ""
-    if paired is not None:
-        iqm_file = f"test_{paired.metric}_iqm.png"
-        try:
-            plot_iqm(paired.table, out_dir / iqm_file, label=paired.label)
-            iqm_line = f"![{paired.label} IQM per clipper]({iqm_file})\n\n"
-        except Exception as err:  # a plot must not cost the tables
-            iqm_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
-        paired_text = (
-            f"## {paired.heading}\n\n{paired.table_md}\n\n{iqm_line}"
-            f"### Across-seed dispersion of {paired.label}\n\n{paired.dispersion_md}\n\n"
-            f"### Definitions (paired statistics)\n\n{PAIRED_DEFINITIONS}\n\n"
+    first = reports[0].paired
+    iqm_file = f"test_{first.metric}_iqm.png"
+    try:
+        tables = [r.paired.table.assign(arm=r.arm.label) for r in reports]
+        plot_iqm(pd.concat(tables, ignore_index=True), out_dir / iqm_file, label=first.label, panels=panels)
+        iqm_line = f"![{first.label} IQM per clipper]({iqm_file})\n\n"
+    except Exception as err:  # a plot must not cost the tables
+        iqm_line = f"(plot failed: {type(err).__name__}: {err})\n\n"
+    if not many:  # the layout of a compare without arms: table, plot, paired table, IQM plot, dispersion
+        rep = reports[0]
+        body = (
+            f"{rep.table}\n\n{plot_line}## {rep.paired.heading}\n\n{rep.paired.table_md}\n\n{iqm_line}"
+            f"### Across-seed dispersion of {rep.paired.label}\n\n{rep.paired.dispersion_md}\n\n"
         )
+    else:  # one block per arm, then the plots (one panel per arm)
+        body = "".join(
+            f"## Arm `{rep.arm.label}`\n\n{rep.table}\n\n### {rep.paired.heading}\n\n{rep.paired.table_md}"
+            f"\n\n#### Across-seed dispersion of {rep.paired.label}\n\n{rep.paired.dispersion_md}\n\n"
+            for rep in reports
+        )
+        body += f"## Plots\n\n{plot_line}{iqm_line}"
     algo = base_config.get("algo", {})
     data = base_config.get("data", {})
-    fold_lines = "\n".join(
-        f"| {f.index} | [{f.train[0]}, {f.train[1]}) | "
-        f"{f'[{f.val[0]}, {f.val[1]})' if f.val else '—'} | [{f.test[0]}, {f.test[1]}) |"
-        for f in folds
-    )
+    market_folds = plan.market_folds or {data.get("data"): folds}
+    fold_blocks = []
+    for market, fl in market_folds.items():
+        lines = "\n".join(
+            f"| {f.index} | [{f.train[0]}, {f.train[1]}) | "
+            f"{f'[{f.val[0]}, {f.val[1]})' if f.val else '—'} | [{f.test[0]}, {f.test[1]}) |"
+            for f in fl
+        )
+        title = f"Market `{market}`\n\n" if plan.market_folds else ""
+        fold_blocks.append(f"{title}| fold | train | val | test |\n|---|---|---|---|\n{lines}\n\n")
     failed = frame[frame["status"] != "ok"]
     fail_lines = "".join(f"- `{r.run}`: {r.error}\n" for r in failed.itertuples()) or "none\n"
+    arms_line = ""
+    arms_defs = ""
+    if plan.has_arms:
+        axes = [k for k, _ in plan.arms[0].values]
+        arms_line = (
+            f"; {len(plan.arms)} arm(s) over {', '.join(axes)}"
+            + (": reward normalization off in every arm" if "reward_scale" in axes else "")
+            if many
+            else f"; arm `{plan.arms[0].label}`"
+        )
+        arms_defs = f"## Arms\n\n{ARM_DEFINITIONS}\n\n"
+    data_text = "per arm" if plan.market_folds else f"`{data.get('data')}`"
     text = (
         f"# Clipping compare ({task.name} task)\n\n"
         f"Command: `{command or '(python API)'}`\n\n"
         f"Algorithm `{algo.get('algo')}`, {algo.get('timesteps')} timesteps per run, "
         f"net {algo.get('net_arch')}, "
-        f"data `{data.get('data')}`; seeds {list(seeds)}; {len(folds)} walk-forward fold(s)"
+        f"data {data_text}; seeds {list(seeds)}; {len(folds)} walk-forward fold(s)"
+        f"{arms_line}"
         f"{f'; evaluated model: {evaluated}' if evaluated else ''}.\n\n"
-        f"{table}\n\n{plot_line}"
-        f"{paired_text}"
-        f"## Definitions\n\n{DEFINITIONS}\n\n"
-        f"## Folds (bar index ranges [start, stop))\n\n| fold | train | val | test |\n|---|---|---|---|\n"
-        f"{fold_lines}\n\n## Failed runs\n\n{fail_lines}\n"
+        f"{body}"
+        f"### Definitions (paired statistics)\n\n{PAIRED_DEFINITIONS}\n\n"
+        f"## Definitions\n\n{DEFINITIONS}\n\n{arms_defs}"
+        f"## Folds (bar index ranges [start, stop))\n\n{''.join(fold_blocks)}"
+        f"## Failed runs\n\n{fail_lines}\n"
         f"One row per run in `results.csv`; run folders hold config.yaml, TensorBoard events, eval.json.\n"
     )
     tmp = out_dir / ".summary.md.tmp"
@@ -578,6 +702,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
             "  --clips none,norm,autoclip,zclip,agc\n"
             "  --clips norm:max_norm=0.05,norm:max_norm=0.5,zclip:z_thresh=2.0,alpha=0.9\n"
             "  --clips 'norm:max_norm=0.5/zclip'        (policy: norm, value: zclip)\n"
+            "stress axes (crossed into arms; clippers are compared within each arm):\n"
+            "  --lr 3e-4,1e-3,3e-3 --optimizer adam,sgd --reward-scale 1,100\n"
+            "  --markets 'synthetic:gbm:n_bars=4000;synthetic:garch:n_bars=4000,df=3;btcusdt-1h'\n"
             "output: runs/compare-<timestamp>/ (or --out): one folder per run, results.csv, summary.md,\n"
             "  test_sharpe.png; tensorboard --logdir <that folder> shows every run."
         ),
@@ -617,6 +744,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         "auto), else the final one; or force final / best",
     )
     add_run_options(p, per_run=False)  # the options of train.py that are not set per run
+    add_arm_options(p)
     p.add_argument("--workers", type=int, help="parallel worker processes (default min(CPUs, runs))")
     p.add_argument(
         "--out", metavar="DIR", help="compare folder (default runs/compare-<timestamp>); reuse to resume"
@@ -657,6 +785,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         parse_seeds(args.seeds)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    arms = arms_from_args(args)
+    if any(k == "reward_scale" for k, _ in arms[0].values) and base["algo"].get("normalize_reward", True):
+        print("compare: --reward-scale turns reward normalization off in every arm (it would undo the scale)")
     result = run_compare(
         base,
         specs,
@@ -674,6 +805,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         runner=AgentsRunner(model=args.model),
         command=command,
         reference=args.reference,
+        arms=arms,
     )
     total = len(result.results)
     return 1 if total and result.n_failed == total else 0

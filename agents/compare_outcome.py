@@ -70,6 +70,7 @@ def base_row(job: RunJob) -> dict[str, Any]:
         "status": "failed",
         "error": "",
         "run_dir": job.name,
+        **job.arm.columns(),
     }
 
 

@@ -34,6 +34,11 @@ __all__ = [
 #: Leading columns of results.csv, in order; metric columns follow as they appear.
 LEAD_COLUMNS = (
     "run",
+    "arm",
+    "lr",
+    "optimizer",
+    "reward_scale",
+    "market",
     "clip",
     "policy_clip",
     "value_clip",
@@ -181,6 +186,22 @@ def format_summary(summary: pd.DataFrame, columns: Columns = TRADING_COLUMNS) ->
     return "\n".join(lines)
 
 
+def _panel_axes(n_panels: int, width: float) -> tuple[Any, list[Any]]:
+    """A figure with ``n_panels`` axes side by side (up to 3 a row), each ``width`` inches wide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 4.2 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, flat[:n_panels]
+
+
 def plot_metric(
     df: pd.DataFrame,
     path: str | Path,
@@ -190,15 +211,31 @@ def plot_metric(
     metric: str = "sharpe",
     label: str = "test Sharpe (annualized)",
     reference: str | None = "buy_and_hold",
+    panels: Sequence[str] | None = None,
 ) -> Path:
     """Box plot plus jittered points of a test metric (default the Sharpe) of every finished run, one box per
-    clipper, with the reference baseline's mean as a dashed line."""
-    import matplotlib
+    clipper, with the reference baseline's mean as a dashed line.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    ``panels``: arm labels (the ``arm`` column); one panel per arm, each with its own y scale (arms may
+    differ in market). ``None``: one panel of every run.
+    """
     order = list(order) if order is not None else list(dict.fromkeys(df["clip"]))
+    width = max(5.0, 1.3 * len(order) + 2)
+    groups = [(arm, df[df["arm"] == arm]) for arm in panels] if panels else [(None, df)]
+    fig, axes = _panel_axes(len(groups), width)
+    for ax, (arm, g) in zip(axes, groups, strict=True):
+        _box_panel(ax, g, order, metric, reference)
+        ax.set_ylabel(label)
+        if arm is not None:
+            ax.set_title(f"arm {arm}", fontsize=9)
+    if panels:
+        fig.suptitle(title or f"{label} per clipper and arm (each point: one seed x fold)", fontsize=10)
+    else:
+        axes[0].set_title(title or f"{label} per clipper (each point: one seed x fold)", fontsize=10)
+    return _save_plot(fig, axes, path)
+
+
+def _box_panel(ax: Any, df: pd.DataFrame, order: list[str], metric: str, reference: str | None) -> None:
     ok = df[df["status"] == "ok"] if "status" in df else df
     data = []
     for name in order:
@@ -208,7 +245,6 @@ def plot_metric(
             else pd.Series()
         )
         data.append(x[np.isfinite(x)].to_numpy(dtype=float))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(order) + 2), 4.2))
     ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=False)
     ax.set_xticks(range(1, len(order) + 1), order)
     rng = np.random.default_rng(0)  # fixed jitter: the same results give the same picture
@@ -226,9 +262,6 @@ def plot_metric(
         )
         ax.legend(loc="best", fontsize=8)
     ax.axhline(0.0, color="black", lw=0.5)
-    ax.set_ylabel(label)
-    ax.set_title(title or f"{label} per clipper (each point: one seed x fold)", fontsize=10)
-    return _save_plot(fig, ax, path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,14 +445,28 @@ def format_dispersion(table: pd.DataFrame, *, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def plot_iqm(table: pd.DataFrame, path: str | Path, *, label: str) -> Path:
-    """Per-clipper IQM of the test metric with its 95 % bootstrap CI as error bars (reference in gray)."""
-    import matplotlib
+def plot_iqm(
+    table: pd.DataFrame, path: str | Path, *, label: str, panels: Sequence[str] | None = None
+) -> Path:
+    """Per-clipper IQM of the test metric with its 95 % bootstrap CI as error bars (reference in gray);
+    ``panels``: arm labels (the table's ``arm`` column), one panel per arm."""
+    groups = [(arm, table[table["arm"] == arm]) for arm in panels] if panels else [(None, table)]
+    n_clips = max(len(g) for _, g in groups)
+    fig, axes = _panel_axes(len(groups), max(5.0, 1.3 * n_clips + 2))
+    for ax, (arm, g) in zip(axes, groups, strict=True):
+        _iqm_panel(ax, g)
+        ax.set_ylabel(f"{label} (IQM)")
+        if arm is not None:
+            ax.set_title(f"arm {arm}", fontsize=9)
+    what = f"{label}: IQM per clipper with 95% stratified bootstrap CI"
+    if panels:
+        fig.suptitle(what, fontsize=10)
+    else:
+        axes[0].set_title(what, fontsize=10)
+    return _save_plot(fig, axes, path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(table) + 2), 4.2))
+def _iqm_panel(ax: Any, table: pd.DataFrame) -> None:
     for i, r in enumerate(table.to_dict("records")):
         est = r.get("iqm", math.nan)
         if not (isinstance(est, (int, float)) and math.isfinite(est)):
@@ -432,16 +479,14 @@ def plot_iqm(table: pd.DataFrame, path: str | Path, *, label: str) -> Path:
         ax.legend(loc="best", fontsize=8)
     ax.set_xticks(range(len(table)), list(table["clip"]))
     ax.set_xlim(-0.5, len(table) - 0.5)
-    ax.set_ylabel(f"{label} (IQM)")
-    ax.set_title(f"{label}: IQM per clipper with 95% stratified bootstrap CI", fontsize=10)
-    return _save_plot(fig, ax, path)
 
 
-def _save_plot(fig: Any, ax: Any, path: str | Path) -> Path:
+def _save_plot(fig: Any, axes: list[Any], path: str | Path) -> Path:
     """The compare plots' common ending: slanted clipper labels, tight layout, PNG at 110 dpi, closed."""
     import matplotlib.pyplot as plt
 
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    for ax in axes:
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -20,6 +20,7 @@ from typing import Any
 from agents.config import SB3_CLIP
 
 __all__ = [
+    "Arm",
     "ClipPart",
     "ClipSpec",
     "FoldRanges",
@@ -263,6 +264,34 @@ def make_folds(
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One combination of the stress axes of a compare (``--lr``, ``--optimizer``, ``--reward-scale``,
+    ``--markets``; :mod:`agents.compare_arms`): the values every run of the arm shares.
+
+    Attributes:
+        values: ``(axis, value)`` pairs in axis order; empty for the one arm of a compare without axes.
+    """
+
+    values: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``lr=0.001 optimizer=sgd`` (space-separated ``axis=value``); empty without axes."""
+        return " ".join(f"{k}={_fmt(v)}" for k, v in self.values)
+
+    @property
+    def slug(self) -> str:
+        """The label made safe for a folder name (axes joined by ``+``)."""
+        return "+".join(
+            re.sub(r"[^A-Za-z0-9._=\-]", "_", f"{k}={_fmt(v)}".replace(":", "_")) for k, v in self.values
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """The arm's results.csv columns: ``arm`` (the label) and one per axis; none without axes."""
+        return {"arm": self.label, **dict(self.values)} if self.values else {}
+
+
+@dataclass(frozen=True)
 class RunJob:
     """One run of the grid: everything a worker needs, picklable.
 
@@ -273,6 +302,7 @@ class RunJob:
         fold: the fold's index.
         folds: the fold's bar ranges.
         config: the full RunConfig as a dict (``RunConfig.to_dict()`` layout).
+        arm: the stress-axis values of the run (:class:`Arm`; empty without axes).
     """
 
     name: str
@@ -281,16 +311,25 @@ class RunJob:
     fold: int
     folds: FoldRanges
     config: dict[str, Any]
+    arm: Arm = Arm()
 
 
 def expand_grid(
-    base_config: dict[str, Any], clips: Iterable[ClipSpec], seeds: Iterable[int], folds: Iterable[FoldRanges]
+    base_config: dict[str, Any],
+    clips: Iterable[ClipSpec],
+    seeds: Iterable[int],
+    folds: Iterable[FoldRanges],
+    arm: Arm | None = None,
 ) -> list[RunJob]:
     """Every (clipper, seed, fold) combination, as jobs with their RunConfig dicts.
 
     The base config's ``clip`` section, ``algo.seed`` and ``data`` ranges are replaced per run; everything
     else (algorithm, budget, network, env, data source) is shared, so runs differ only in what is compared.
+    ``base_config`` is the arm's config already (:func:`agents.compare_arms.apply_arm`); a non-empty ``arm``
+    prefixes the run names (``<arm slug>__<clip slug>__seed<s>__fold<f>``) and is carried by each job.
     """
+    arm = arm or Arm()
+    prefix = f"{arm.slug}__" if arm.values else ""
     clips, seeds, folds = list(clips), list(seeds), list(folds)
     jobs = []
     for spec in clips:
@@ -307,6 +346,6 @@ def expand_grid(
                     # No validation range inside the fold: the fraction split's validation period could lie in
                     # the fold's future, so periodic validation (and best-model selection) is switched off.
                     cfg.setdefault("eval", {})["eval_freq"] = 0
-                name = f"{spec.slug}__seed{seed}__fold{fold.index}"
-                jobs.append(RunJob(name, spec.label, int(seed), fold.index, fold, cfg))
+                name = f"{prefix}{spec.slug}__seed{seed}__fold{fold.index}"
+                jobs.append(RunJob(name, spec.label, int(seed), fold.index, fold, cfg, arm))
     return jobs

