@@ -373,14 +373,14 @@ TINY = (
     "--hp",
     "n_steps=64,batch_size=32,n_epochs=1",
     "--env",
-    "window=8,episode_bars=64",
+    "window=8,episode_bars=64,execution={deadband: 0}",  # deadband 0: the tiny agents trade
 )
 
 
 @pytest.mark.slow
 def test_cli_real_tune_end_to_end(tmp_path):
     out = tmp_path / "t"
-    proc = run_cli(*TINY, "--workers", "2", "--out", str(out), cwd=tmp_path, timeout=300)
+    proc = run_cli("tune", *TINY, "--workers", "1", "--out", str(out), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 2 and (trials["state"] == "complete").all()
@@ -392,7 +392,7 @@ def test_cli_real_tune_end_to_end(tmp_path):
     assert list((out / tuned["run"]).rglob("events.out.tfevents.*"))
     assert "Chosen setting and outer test per fold" in (out / "summary.md").read_text()
     assert (out / "optuna.db").exists() and (out / "tune.json").exists()
-    proc = run_cli(*TINY, "--workers", "2", "--out", str(out), cwd=tmp_path, timeout=300)
+    proc = run_cli("tune", *TINY, "--workers", "1", "--out", str(out), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "tune: 0 run(s) ran" in proc.stdout
 
 
