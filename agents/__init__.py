@@ -19,5 +19,7 @@ demand (``agents.config`` and ``agents.options`` load neither torch nor SB3). On
   :mod:`agents.compare_outcome` (one run and its divergence rules), :mod:`agents.compare_backends`
   (inline, processes, Ray), :mod:`agents.compare_store` (results, lock, resume) and
   :mod:`agents.compare_report` (tables, plot);
+* :mod:`agents.tune` — the ``tune`` subcommand: nested walk-forward calibration of a clipper's keywords
+  with Optuna on compare's backends and store; :mod:`agents.tune_space` its search-space grammar;
 * :mod:`agents.cli` — ``train.py`` and the ``perpclip`` console script.
 """

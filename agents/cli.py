@@ -1,5 +1,5 @@
 """Command line of ``train.py`` (and the ``perpclip`` console script): train (default), ``evaluate``,
-``compare``, ``help``. The examples are :data:`EXAMPLES`.
+``compare``, ``tune``, ``help``. The examples are :data:`EXAMPLES`.
 
 User mistakes (:class:`agents.errors.UserError`) print ``error: <message>`` on one line and exit with status
 2 (no traceback; set ``PERPCLIP_DEBUG=1`` to see one); any other exception is a bug and keeps its traceback.
@@ -19,10 +19,11 @@ from agents.compare import register_cli
 from agents.config import RunConfig, load_config
 from agents.errors import UserError
 from agents.options import add_run_options, config_from_args, given_run_options
+from agents.tune import register_cli as register_tune_cli
 
 __all__ = ["EXAMPLES", "build_parser", "config_from_args", "main", "main_exit"]
 
-SUBCOMMANDS = ("train", "evaluate", "compare", "help")
+SUBCOMMANDS = ("train", "evaluate", "compare", "tune", "help")
 
 #: The examples shown by ``--help`` (a constant, not a docstring: ``python -OO`` strips docstrings).
 EXAMPLES = """\
@@ -34,6 +35,7 @@ examples:
   python train.py --resume runs/ppo-zclip-20250101-120000 --timesteps 20000
   python train.py evaluate runs/ppo-zclip-20250101-120000 [--split test] [--data ...]
   python train.py compare --clips none,norm,zclip --seeds 3
+  python train.py tune --clip zclip --trials 20 --seeds 2 --outer-folds 3 --inner-folds 2
   python train.py --task execution --env horizon_bars=8,quantity_adv=0.02 --timesteps 100000"""
 
 
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,compare,help}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,compare,tune,help}")
     t = sub.add_parser("train", help="train an agent (the default)")
     add_run_options(t)
     t.add_argument("--run-dir", metavar="DIR", help="run folder (default runs/<algo>-<clip>-<timestamp>)")
@@ -77,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.set_defaults(func=_cmd_evaluate)
     register_cli(sub)
+    register_tune_cli(sub)
     h = sub.add_parser("help", help="show this help, or a subcommand's (train.py help compare)")
-    h.add_argument("topic", nargs="?", choices=("train", "evaluate", "compare"), help="a subcommand")
+    h.add_argument("topic", nargs="?", choices=SUBCOMMANDS[:-1], help="a subcommand")
     h.set_defaults(func=lambda args: _cmd_help(parser, sub, args))
     return parser
 
