@@ -272,8 +272,33 @@ def build_model(
         )
     except TypeError as exc:  # unknown constructor keyword
         raise UserError(f"bad hyperparams for {algo.algo}: {exc}") from None
+    if algo.flat_init:
+        _flat_actor_output(model)
     hooks = attach_clippers(model, *clippers) if clippers else None
     return ClippedModel(model, hooks)
+
+
+def _flat_actor_output(model: Any) -> None:
+    """Scale the deterministic actor's output layer (SAC, TD3) by 0.01 and zero its bias: see
+    ``AlgoConfig.flat_init``. PPO-style policies are left alone: SB3 already inits their action layer small."""
+    import torch
+
+    actor = getattr(model, "actor", None)
+    mu = getattr(actor, "mu", None)
+    if mu is None:
+        return
+    layer = mu if isinstance(mu, torch.nn.Linear) else None
+    if isinstance(mu, torch.nn.Sequential):
+        layer = next((m for m in reversed(mu) if isinstance(m, torch.nn.Linear)), None)
+    if layer is None:
+        return
+    with torch.no_grad():
+        layer.weight.mul_(0.01)
+        if layer.bias is not None:
+            layer.bias.zero_()
+    target = getattr(model, "actor_target", None)
+    if target is not None:  # TD3: the target starts as a copy of the actor
+        target.load_state_dict(actor.state_dict())
 
 
 def _make_clippers(clip: ClipConfig) -> tuple[Any, Any] | None:

@@ -101,6 +101,11 @@ class AlgoConfig:
             normalization; validation, evaluation and the baselines see the real rewards. 1 by default. With
             ``normalize_reward`` on, VecNormalize divides a constant scale out again, so a scale means
             something only with normalization off (``train.py compare --reward-scale`` turns it off).
+        flat_init: start SAC's and TD3's actor with its output layer scaled by 0.01 (bias 0), as SB3 already
+            initializes PPO's and A2C's action layer (orthogonal, gain 0.01), so the untrained deterministic
+            policy targets ~0: inside the no-trade band, flat. With SB3's default init SAC's untrained policy
+            holds an arbitrary constant position, and validation at step 0 (early stopping) then compares
+            checkpoints with a random bet instead of with staying out. No effect on PPO, A2C, RecurrentPPO.
     """
 
     algo: str = "ppo"
@@ -114,6 +119,7 @@ class AlgoConfig:
     normalize_reward: bool = True
     train_cost_scale: float = 2.0
     train_reward_scale: float = 1.0
+    flat_init: bool = True
 
     def __post_init__(self) -> None:
         algo = str(self.algo).lower().replace("-", "_")
@@ -161,6 +167,8 @@ class AlgoConfig:
                 f"train_reward_scale must be a finite number > 0 (1: real rewards), got {rscale!r}"
             )
         object.__setattr__(self, "train_reward_scale", float(rscale))
+        if not isinstance(self.flat_init, bool):
+            raise UserError(f"flat_init must be true or false, got {self.flat_init!r}")
         object.__setattr__(self, "hyperparams", dict(self.hyperparams))
 
 

@@ -758,3 +758,22 @@ def test_policy_act_equals_predict(algo):
                 else:  # sampled: same bounds, same shape
                     got = act(obs, {})
                     assert got.shape == (1,) and -2.0 <= got[0] <= 2.0
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3", "ppo"])
+def test_untrained_policy_starts_flat(market, algo):
+    """``flat_init``: the untrained deterministic policy targets ~0 (inside the 0.2 no-trade band)."""
+    env = tiny_env(market)
+    obs = np.random.default_rng(0).standard_normal((64, *env.observation_space.shape)).astype(np.float32)
+    hp = TINY_HP[algo]
+    actions = {}
+    for flat in (True, False):
+        cfg = AlgoConfig(algo=algo, n_envs=1, net_arch=[8], hyperparams=hp, flat_init=flat)
+        model = build_model(cfg, ClipConfig("none", {}, "none", {}), env).model
+        actions[flat] = np.abs(model.predict(obs, deterministic=True)[0])
+        if algo == "td3":  # the target actor starts as the (scaled) actor
+            for a, b in zip(model.actor.parameters(), model.actor_target.parameters(), strict=True):
+                assert torch.equal(a, b)
+    assert actions[True].max() < 0.05
+    if algo != "ppo":  # SB3's default actor init holds a position; PPO's action layer is small already
+        assert actions[False].max() > 0.2
