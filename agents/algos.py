@@ -280,7 +280,8 @@ def build_model(
 
 def _flat_actor_output(model: Any) -> None:
     """Scale the deterministic actor's output layer (SAC, TD3) by 0.01 and zero its bias: see
-    ``AlgoConfig.flat_init``. PPO-style policies are left alone: SB3 already inits their action layer small."""
+    ``AlgoConfig.flat_init``. PPO-style policies are left alone: SB3 already inits their action layer
+    small."""
     import torch
 
     actor = getattr(model, "actor", None)

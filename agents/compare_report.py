@@ -93,6 +93,8 @@ TRADING_COLUMNS = (("total_return", "test return", 4), ("sharpe", "test Sharpe",
 Columns = Sequence[tuple[str, str, int]]
 
 _REFERENCE_LABELS = {"buy_and_hold": "(buy & hold)"}
+#: Baselines never shown as rows (staying flat scores 0 on every metric).
+_NO_ROW = ("flat",)
 
 
 def results_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -120,7 +122,9 @@ def summarize(
     reference: str | None = "buy_and_hold",
 ) -> pd.DataFrame:
     """Per clipper: counts, mean/std of each test metric of ``columns``, diverged share, clip shares, wall
-    time; then a reference row for the ``reference`` baseline on the same folds."""
+    time; then a row for the ``reference`` baseline on the same folds, then one for every other baseline the
+    runs recorded (``baseline_<name>_<metric>`` columns, e.g. ``trend`` and, on planted markets, ``oracle``),
+    so an agent's walk-forward mean ± std stands next to what simple rules got on the same test periods."""
     order = list(order) if order is not None else list(dict.fromkeys(df["clip"]))
     clip_cols = sorted(c for c in df.columns if c.startswith("clip_frac_"))
     out = []
@@ -142,13 +146,22 @@ def summarize(
             rec[c] = _mean_std(g[c])[0]
         rec["wall_time_s"] = _mean_std(g["wall_time_s"])[0] if "wall_time_s" in g else math.nan
         out.append(rec)
-    # The reference baseline on the same test periods: what "doing nothing clever" got, for scale.
-    ref_cols = [f"baseline_{reference}_{key}" for key, _, _ in columns] if reference else []
-    present = [c for c in ref_cols if c in df.columns]
-    if present:
+    # The baselines on the same test periods: what "doing nothing clever" got, for scale.
+    names = [reference] if reference else []
+    names += [
+        c[len("baseline_") : -len(f"_{columns[0][0]}")]
+        for c in df.columns
+        if c.startswith("baseline_") and c.endswith(f"_{columns[0][0]}")
+    ]
+    for name in dict.fromkeys(n for n in names if n not in _NO_ROW):
+        ref_cols = [f"baseline_{name}_{key}" for key, _, _ in columns]
+        present = [c for c in ref_cols if c in df.columns]
+        if not present:
+            continue
+        # One value per test period: the baseline does not depend on seed or clipper.
         per_fold = df.dropna(subset=present).drop_duplicates("fold")
         if len(per_fold):
-            rec = {"clip": _REFERENCE_LABELS.get(reference, f"({reference})"), "runs": len(per_fold)}
+            rec = {"clip": _REFERENCE_LABELS.get(name, f"({name})"), "runs": len(per_fold)}
             rec.update(ok=len(per_fold), failed=0)
             for (key, _, _), col in zip(columns, ref_cols, strict=True):
                 series = per_fold[col] if col in per_fold else pd.Series(dtype=float)

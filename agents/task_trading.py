@@ -256,7 +256,11 @@ TRADING = TaskSpec(
     metrics_callback=_metrics_callback,
     whole_period={"episode_bars": None},
     period_bars=lambda env_cfg: (2, "to trade (it needs 2 bars"),
-    summary=(("total_return", "test return", 4), ("sharpe", "test Sharpe", 2)),
+    summary=(
+        ("total_return", "test return", 4),
+        ("sharpe", "test Sharpe", 2),
+        ("turnover_per_year", "turnover/yr", 0),
+    ),
     reference="buy_and_hold",
     best_line=lambda m: (
         f"Sharpe {m['sharpe']:.2f} (minus one standard error: {m.get('sharpe_lcb', float('nan')):.2f}), "

@@ -775,3 +775,33 @@ def test_paired_statistics_for_a_lower_is_better_metric():
     assert (arm["wins"], arm["losses"]) == (2, 1) and arm["delta"] == pytest.approx((-3 + 1 - 3) / 3)
     assert arm["poi"] == pytest.approx(2 / 3) and arm["delta_low"] <= arm["delta"] <= arm["delta_high"]
     assert list(deltas.iloc[3:]) == pytest.approx([-3.0, 1.0, -3.0])
+
+
+def test_summary_shows_every_baseline_on_the_same_folds():
+    """Walk-forward mean ± std of the agent next to buy-and-hold, trend (and oracle), one value per fold."""
+    from agents.compare_report import summarize
+
+    rows = []
+    for fold, (bh, tr) in enumerate([(0.10, -0.20), (0.30, 0.40)]):
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "clip": "zclip", "fold": fold, "seed": seed, "status": "ok", "diverged": False,
+                    "test_total_return": 0.01 * (seed + fold), "test_sharpe": 0.5 * seed,
+                    "test_turnover_per_year": 10.0,
+                    "baseline_buy_and_hold_total_return": bh, "baseline_buy_and_hold_sharpe": 1.0,
+                    "baseline_buy_and_hold_turnover_per_year": 1.0,
+                    "baseline_trend_total_return": tr, "baseline_trend_sharpe": -1.0 + fold,
+                    "baseline_trend_turnover_per_year": 20.0 + fold,
+                    "baseline_flat_total_return": 0.0, "baseline_flat_sharpe": 0.0,
+                    "baseline_flat_turnover_per_year": 0.0,
+                }
+            )
+    cols = (("total_return", "r", 4), ("sharpe", "s", 2), ("turnover_per_year", "t", 0))
+    s = summarize(pd.DataFrame(rows), columns=cols).set_index("clip")
+    assert list(s.index) == ["zclip", "(buy & hold)", "(trend)"]  # flat: never a row
+    assert s.loc["(trend)", "runs"] == 2  # one per test period, not per run
+    assert s.loc["(trend)", "total_return_mean"] == pytest.approx(0.10)
+    assert s.loc["(trend)", "total_return_std"] == pytest.approx(np.std([-0.2, 0.4], ddof=1))
+    assert s.loc["(trend)", "turnover_per_year_mean"] == pytest.approx(20.5)
+    assert s.loc["zclip", "total_return_mean"] == pytest.approx(0.01)
