@@ -2,8 +2,10 @@
 rules (what becomes a row of ``results.csv``).
 
 Divergence (``RunOutcome.diverged``): training hit non-finite values (``TrainResult.diverged``), or the
-policy collapsed: a constant position over the whole test period (max - min <= :data:`COLLAPSE_TOL`), or a
-Gaussian action std (SB3's last ``train/std``) below :data:`STD_COLLAPSE`.
+policy collapsed: a constant *non-zero* position over the whole test period (max - min <=
+:data:`COLLAPSE_TOL`: stuck at one bet), or a Gaussian action std (SB3's last ``train/std``) below
+:data:`STD_COLLAPSE`. A policy that never holds a position is not a divergence: staying out is what the
+defaults should do without an edge (the run's ``flat`` column says it, and its metrics are 0).
 """
 
 from __future__ import annotations
@@ -132,7 +134,9 @@ class RunOutcome:
         if pos is not None:
             pos = np.asarray(pos, dtype=float).ravel()
             if pos.size and np.all(np.isfinite(pos)):
-                row["collapsed"] = bool(pos.size >= 2 and float(np.ptp(pos)) <= COLLAPSE_TOL)
+                constant = bool(pos.size >= 2 and float(np.ptp(pos)) <= COLLAPSE_TOL)
+                row["flat"] = constant and float(np.abs(pos).max()) <= COLLAPSE_TOL
+                row["collapsed"] = constant and not row["flat"]
                 row["position_mean"] = float(pos.mean())
                 row["position_std"] = float(pos.std())
             elif pos.size:

@@ -68,6 +68,7 @@ TAIL_COLUMNS = (
     "diverged",
     "diverged_reason",
     "collapsed",
+    "flat",
     "timesteps",
     "train_time_s",
     "wall_time_s",
@@ -80,9 +81,11 @@ DEFINITIONS = """\
   metrics on its fold's held-out test period (the ``evaluate(run_dir, split="test")`` report), mean ± sample
   std over all seeds and folds of runs whose evaluation finished (status ``ok``).
 - **diverged**: training hit non-finite losses, gradients or parameters (``TrainResult.diverged``), or the
-  policy collapsed: its position was the same at every bar of the test period (max - min <= 1e-9 base
-  units: it ignores what it observes), or its Gaussian action std (SB3's last ``train/std``, PPO/A2C)
-  fell below 1e-3 (it stopped exploring). Share over runs that finished training.
+  policy collapsed: its position was the same non-zero position at every bar of the test period (max - min
+  <= 1e-9 base units: stuck on one bet, it ignores what it observes), or its Gaussian action std (SB3's
+  last ``train/std``, PPO/A2C) fell below 1e-3 (it stopped exploring). Share over runs that finished
+  training. A policy that never held a position (column ``flat`` in results.csv) stayed out of the market:
+  not a divergence.
 - **clipped**: share of gradient updates whose norm exceeded the clipper's threshold
   (``TrainResult.clip_fraction``), per part (policy / value), mean over runs.
 - **wall**: seconds per run, train + evaluate, mean over runs (imports are done before the clock starts;

@@ -74,6 +74,7 @@ class FakeRunner:
     fail: tuple[str, ...] = ()
     crash: tuple[str, ...] = ()
     collapse: tuple[str, ...] = ()
+    flat: tuple[str, ...] = ()
     nonfinite: tuple[str, ...] = ()
     interrupt: tuple[str, ...] = ()
 
@@ -109,7 +110,9 @@ class FakeRunner:
         seed, (start, stop) = config["algo"]["seed"], config["data"]["test_range"]
         n = stop - start
         collapsed = any(s in run_dir.name for s in self.collapse)
-        positions = np.zeros(n) if collapsed else np.random.default_rng([seed, start]).uniform(-1, 1, n)
+        positions = np.full(n, 0.37) if collapsed else np.random.default_rng([seed, start]).uniform(-1, 1, n)
+        if any(s in run_dir.name for s in self.flat):
+            positions = np.zeros(n)
         sharpe = float(seed) + start / 1000.0
         return FakeEval(
             metrics={"total_return": sharpe / 100, "sharpe": sharpe, "max_drawdown": -0.1, "n_bars": n},
@@ -291,7 +294,9 @@ def test_expand_grid_every_combination_once():
 
 def test_compare_writes_results_and_records_failures(tmp_path):
     out = tmp_path / "cmp"
-    runner = FakeRunner(fail=("norm__seed1__fold0",), collapse=("none__seed0__fold1",))
+    runner = FakeRunner(
+        fail=("norm__seed1__fold0",), collapse=("none__seed0__fold1",), flat=("norm__seed0__fold1",)
+    )
     res = run_compare(BASE, _specs("none,norm"), 2, folds=FOLDS, out=out, workers=1, runner=runner, log=None)
     assert res.n_ran == 8 and res.n_failed == 1
     df = pd.read_csv(out / "results.csv")
@@ -304,7 +309,11 @@ def test_compare_writes_results_and_records_failures(tmp_path):
     assert np.allclose(ok["test_sharpe"], ok["seed"] + ok["test_start"] / 1000.0)
     assert set(zip(ok["test_start"], ok["test_stop"], strict=True)) == {(100, 150), (150, 200)}
     collapsed = df[df["run"] == "none__seed0__fold1"].iloc[0]
-    assert collapsed["diverged"] and "collapsed" in collapsed["diverged_reason"]
+    assert collapsed["diverged"] and "collapsed: constant position 0.37" in collapsed["diverged_reason"]
+    assert not collapsed["flat"]
+    # Never holding a position is staying out, not a divergence.
+    flat = df[df["run"] == "norm__seed0__fold1"].iloc[0]
+    assert flat["flat"] and not flat["collapsed"] and not flat["diverged"]
     assert df.loc[df["run"] != "none__seed0__fold1", "diverged"].dropna().eq(False).all()
     assert df.loc[df["clip"] == "norm", "clip_frac_value"].dropna().eq(0.5).all()
     # Summary: per-clipper mean ± std over seeds and folds, from ok runs only.
