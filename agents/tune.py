@@ -933,9 +933,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--gap", type=int, default=0, help="bars left out before every test period (default 0)")
     p.add_argument(
         "--model",
-        choices=("final", "best"),
-        default="final",
-        help="evaluate the final model (default) or the best on validation (needs --val-bars)",
+        choices=("auto", "final", "best"),
+        default="auto",
+        help="evaluate the checkpoint selected on validation where runs validate (with --val-bars; the "
+        "default, auto), else the final model; or force final / best",
     )
     add_run_options(p, per_run=False)
     p.add_argument(
