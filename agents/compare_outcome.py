@@ -220,6 +220,44 @@ def grad_norm_stability(run_dir: Path) -> dict[str, float]:
     return out
 
 
+#: SB3's logged losses whose spikes are counted (PPO/A2C: ``train/value_loss``, ``train/loss``; SAC/TD3:
+#: ``train/critic_loss``, ``train/actor_loss``).
+LOSS_COLUMNS = ("train/loss", "train/value_loss", "train/critic_loss", "train/actor_loss")
+
+
+def loss_and_validation_stability(run_dir: Path, metric: str = "sharpe") -> dict[str, float]:
+    """From ``progress.csv``: ``loss_spikes_<name>`` (logged loss values above median + 5 MAD) per SB3 loss,
+    and ``val_auc_<metric>``: the area under the validation curve (``eval/<metric>`` against training steps,
+    :func:`agents.stats.normalized_auc`, the curve's time-average: it rewards learning early as well as
+    ending high). Empty where the series are missing (no validation: no ``val_auc``).
+    """
+    from agents import stats
+
+    path = Path(run_dir) / "progress.csv"
+    if not path.is_file():
+        return {}
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    out: dict[str, float] = {}
+    for col in LOSS_COLUMNS:
+        if col in df:
+            series = pd.to_numeric(df[col], errors="coerce").dropna().to_numpy(dtype=float)
+            if series.size:
+                out[f"loss_spikes_{col.split('/')[1]}"] = float(stats.count_spikes(series, SPIKE_MADS))
+    value_col = f"eval/{metric}"
+    if value_col in df and "time/total_timesteps" in df:
+        # Validation rows are dumped at the step of the training row before them (step 0 before any).
+        steps = pd.to_numeric(df["time/total_timesteps"], errors="coerce").ffill().fillna(0.0)
+        values = pd.to_numeric(df[value_col], errors="coerce")
+        curve = pd.DataFrame({"step": steps, "v": values}).dropna().drop_duplicates("step", keep="last")
+        curve = curve[pd.Series(curve["v"]).map(math.isfinite)]
+        if len(curve) >= 2:
+            out[f"val_auc_{metric}"] = stats.normalized_auc(curve["step"].to_numpy(), curve["v"].to_numpy())
+    return out
+
+
 def _baseline_metrics(job: RunJob) -> tuple[str, ...]:
     from agents.tasks import TASKS
 
@@ -248,6 +286,7 @@ def execute_job(job: RunJob, out_dir: str | Path, runner: Runner) -> dict[str, A
         outcome.record_train(tr)
         outcome.action_std = final_action_std(run_dir)
         outcome.train.update(grad_norm_stability(run_dir))
+        outcome.train.update(loss_and_validation_stability(run_dir))
         stage = "evaluate"
         outcome.record_eval(runner.evaluate(run_dir), _baseline_metrics(job))
         outcome.status = "ok"

@@ -814,3 +814,20 @@ def test_summary_shows_every_baseline_on_the_same_folds():
     assert s.loc["(trend)", "total_return_std"] == pytest.approx(np.std([-0.2, 0.4], ddof=1))
     assert s.loc["(trend)", "turnover_per_year_mean"] == pytest.approx(20.5)
     assert s.loc["zclip", "total_return_mean"] == pytest.approx(0.01)
+
+
+def test_loss_spikes_and_validation_auc_from_progress_csv(tmp_path):
+    from agents.compare_outcome import loss_and_validation_stability
+
+    rows = [{"eval/sharpe": 0.0}]  # step 0: validated before any training row
+    for i in range(1, 21):
+        rows.append({"time/total_timesteps": 100 * i, "train/value_loss": 1.0 + 0.01 * i, "train/loss": 0.5})
+        if i % 10 == 0:
+            rows.append({"eval/sharpe": i / 10})  # dumped after the training row of step 100 * i
+    rows[5]["train/value_loss"] = 50.0  # one spike
+    pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
+    out = loss_and_validation_stability(tmp_path)
+    assert out["loss_spikes_value_loss"] == 1 and out["loss_spikes_loss"] == 0
+    # Curve (0, 0), (1000, 1), (2000, 2): trapezoids 500 + 1500 over 2000 steps = 1.0.
+    assert out["val_auc_sharpe"] == pytest.approx(1.0)
+    assert loss_and_validation_stability(tmp_path / "missing") == {}
