@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, ProgressBarCallback
 
 from agents.clip_hooks import ClipHooks
@@ -93,8 +94,33 @@ class TradeMetricsCallback(BaseCallback):
         if k not in ("n_bars", "n_returns", "years", "sharpe_meaningful", "calmar_meaningful")
     )
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._prev_price: np.ndarray | None = None
+        self._stress_max = 0.0
+        self._stress_sum = 0.0
+        self._stress_n = 0
+
+    def _on_rollout_start(self) -> None:
+        self._record_stress()
+
+    def _on_training_end(self) -> None:
+        self._record_stress()  # the last update's data (ClipLoggerCallback, after this one, dumps the row)
+
+    def _record_stress(self) -> None:
+        """``train/batch_abs_return_max`` / ``_mean``: the largest and the mean absolute bar log return the
+        envs stepped through since the last record, i.e. in the rollout the update just logged trained on
+        (on-policy algorithms record this after ``train()``, in the same row as that update's ``clip/``
+        gradient norms; off-policy ones train on replay samples, so there it is the recent data's). Used to
+        ask whether a price spike causes a gradient spike (``agents.stats.grad_norm_return_correlation``)."""
+        if self._stress_n:
+            self.logger.record("train/batch_abs_return_max", self._stress_max)
+            self.logger.record("train/batch_abs_return_mean", self._stress_sum / self._stress_n)
+        self._stress_max, self._stress_sum, self._stress_n = 0.0, 0.0, 0
+
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
+        infos = self.locals.get("infos", ())
+        for info in infos:
             metrics = info.get("episode_metrics")
             if metrics is None:
                 continue
@@ -102,6 +128,20 @@ class TradeMetricsCallback(BaseCallback):
                 value = metrics.get(key)
                 if value is not None and math.isfinite(value):
                     self.logger.record_mean(f"trade/{key}", float(value))
+        price = np.fromiter((info.get("price", math.nan) for info in infos), float, count=len(infos))
+        prev = self._prev_price
+        if prev is not None and prev.shape == price.shape:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = np.abs(np.log(price / prev))
+            r = r[np.isfinite(r)]
+            if r.size:
+                self._stress_max = max(self._stress_max, float(r.max()))
+                self._stress_sum += float(r.sum())
+                self._stress_n += int(r.size)
+        dones = self.locals.get("dones")
+        if dones is not None:  # the next step of a finished env starts a new episode: no return across it
+            price = np.where(np.asarray(dones, dtype=bool), math.nan, price)
+        self._prev_price = price
         return True
 
 

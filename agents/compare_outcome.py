@@ -227,7 +227,9 @@ LOSS_COLUMNS = ("train/loss", "train/value_loss", "train/critic_loss", "train/ac
 
 def loss_and_validation_stability(run_dir: Path, metric: str = "sharpe") -> dict[str, float]:
     """From ``progress.csv``: ``loss_spikes_<name>`` (logged loss values above median + 5 MAD) per SB3 loss,
-    and ``val_auc_<metric>``: the area under the validation curve (``eval/<metric>`` against training steps,
+    ``grad_return_corr_<part>`` (Spearman correlation between an update's gradient norm and the largest
+    absolute bar return in its data, :func:`agents.stats.grad_norm_return_correlation`), and
+    ``val_auc_<metric>``: the area under the validation curve (``eval/<metric>`` against training steps,
     :func:`agents.stats.normalized_auc`, the curve's time-average: it rewards learning early as well as
     ending high). Empty where the series are missing (no validation: no ``val_auc``).
     """
@@ -246,6 +248,15 @@ def loss_and_validation_stability(run_dir: Path, metric: str = "sharpe") -> dict
             series = pd.to_numeric(df[col], errors="coerce").dropna().to_numpy(dtype=float)
             if series.size:
                 out[f"loss_spikes_{col.split('/')[1]}"] = float(stats.count_spikes(series, SPIKE_MADS))
+    # Does a price spike cause a gradient spike? Rows hold an update's mean gradient norm per part next to
+    # the largest |bar log return| of the data it trained on (TradeMetricsCallback); Spearman over rows.
+    stress = "train/batch_abs_return_max"
+    if stress in df:
+        for col in sorted(c for c in df.columns if c.startswith("clip/") and c.endswith("/grad_norm")):
+            pair = df[[col, stress]].apply(pd.to_numeric, errors="coerce").dropna()
+            if len(pair) >= 3:
+                corr = stats.grad_norm_return_correlation(pair[col].to_numpy(), pair[stress].to_numpy())
+                out[f"grad_return_corr_{col.split('/')[1]}"] = corr
     value_col = f"eval/{metric}"
     if value_col in df and "time/total_timesteps" in df:
         # Validation rows are dumped at the step of the training row before them (step 0 before any).

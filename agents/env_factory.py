@@ -246,7 +246,7 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
             batched = task.make_batched_env(market, cfg.algo.n_envs, **kw)
         except (TypeError, ValueError) as exc:
             raise UserError(f"cannot build the {task.name} env: {exc}") from None
-        adapter = SB3VecEnvAdapter(batched)
+        adapter = SB3VecEnvAdapter(batched, info_keys=task.train_info_keys)
         adapter.seed(seed)
         vec = VecMonitor(adapter)
     else:

@@ -52,6 +52,8 @@ class TaskSpec:
         metrics: validation metrics ``eval.metric`` may name; ``metrics[0]`` is the headline metric of reports
             (compare's tables and plot).
         select_metric: the ``eval.metric`` used when none is given (None: ``metrics[0]``).
+        train_info_keys: per-step info keys the task's training callbacks read from the batched env (SB3's
+            adapter copies only these into the per-env info dicts: building dicts costs time every step).
         lower_is_better: those of ``metrics`` where lower is better (compared by magnitude for drawdowns).
         make_validator: ``(env, cfg, start) -> (act -> metrics)``: one deterministic pass over the validation
             period (``start``: the local bar of its first decision).
@@ -94,6 +96,7 @@ class TaskSpec:
     best_line: Callable[[dict[str, Any]], str] | None = None
     plot_name: str = "eval"
     select_metric: str | None = None
+    train_info_keys: tuple[str, ...] = ()
 
     @property
     def default_metric(self) -> str:

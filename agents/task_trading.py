@@ -250,6 +250,7 @@ TRADING = TaskSpec(
     make_batched_env=_make_batched_env,
     metrics=TRADING_METRICS,
     select_metric=SELECT_METRIC,
+    train_info_keys=("price",),  # TradeMetricsCallback's market stress per update
     lower_is_better=("max_drawdown",),
     make_validator=_make_validator,
     evaluate=_evaluate,

@@ -777,3 +777,37 @@ def test_untrained_policy_starts_flat(market, algo):
     assert actions[True].max() < 0.05
     if algo != "ppo":  # SB3's default actor init holds a position; PPO's action layer is small already
         assert actions[False].max() > 0.2
+
+
+def test_trade_metrics_callback_records_the_market_stress_of_each_update():
+    """|bar log return| per env between consecutive steps, never across an episode boundary."""
+    from agents.callbacks import TradeMetricsCallback
+
+    class Logger:
+        def __init__(self):
+            self.values = {}
+
+        def record(self, key, value, exclude=None):
+            self.values[key] = value
+
+        def record_mean(self, key, value, exclude=None):
+            self.values[key] = value
+
+    cb = TradeMetricsCallback()
+    log = Logger()
+    cb.model = type("Model", (), {"logger": log})()  # BaseCallback.logger is the model's
+    steps = [
+        ([100.0, 50.0], [False, True]),  # env 1's episode ends: its next price starts a new one
+        ([110.0, 80.0], [False, False]),
+        ([99.0, 88.0], [False, False]),
+    ]
+    for prices, dones in steps:
+        cb.locals = {"infos": [{"price": p} for p in prices], "dones": np.array(dones)}
+        cb._on_step()
+    cb._on_rollout_start()
+    rets = [math.log(110 / 100), math.log(99 / 110), math.log(88 / 80)]  # not 50 -> 80
+    assert log.values["train/batch_abs_return_max"] == pytest.approx(max(abs(r) for r in rets))
+    assert log.values["train/batch_abs_return_mean"] == pytest.approx(np.mean(np.abs(rets)))
+    log.values.clear()
+    cb._on_rollout_start()  # nothing stepped since: nothing recorded
+    assert log.values == {}

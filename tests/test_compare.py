@@ -831,3 +831,17 @@ def test_loss_spikes_and_validation_auc_from_progress_csv(tmp_path):
     # Curve (0, 0), (1000, 1), (2000, 2): trapezoids 500 + 1500 over 2000 steps = 1.0.
     assert out["val_auc_sharpe"] == pytest.approx(1.0)
     assert loss_and_validation_stability(tmp_path / "missing") == {}
+
+
+def test_gradient_norm_against_market_stress_correlation(tmp_path):
+    from agents.compare_outcome import loss_and_validation_stability
+
+    stress = [0.01, 0.05, 0.02, 0.08, 0.03]
+    rows = [
+        {"clip/value/grad_norm": 10 * s, "clip/policy/grad_norm": -s, "train/batch_abs_return_max": s}
+        for s in stress
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
+    out = loss_and_validation_stability(tmp_path)
+    assert out["grad_return_corr_value"] == pytest.approx(1.0)
+    assert out["grad_return_corr_policy"] == pytest.approx(-1.0)
