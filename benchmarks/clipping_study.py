@@ -115,7 +115,12 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list[str]:
                 div = pd.to_numeric(g.get("diverged"), errors="coerce").fillna(0).astype(bool).mean()
                 spikes = pd.to_numeric(g.get("grad_spikes_policy"), errors="coerce").mean()
                 failed = float((g["status"] != "ok").mean())
-                rows.append((name, arm, clip, div, failed, spikes))
+                corr = {
+                    part: pd.to_numeric(g[f"grad_return_corr_{part}"], errors="coerce").median()
+                    for part in ("policy", "value")
+                    if f"grad_return_corr_{part}" in g
+                }
+                rows.append((name, arm, clip, div, failed, spikes, corr))
     none_div = [r[3] for r in rows if r[2] == "none"]
     clip_div = [r[3] for r in rows if r[2] != "none"]
     lines.append(
@@ -124,7 +129,8 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list[str]:
         + "; ".join(
             f"{n}{' [' + a + ']' if a else ''} `{c}` {_pct(d)} diverged, {_pct(f)} failed, "
             f"{s:.1f} policy-gradient spikes/run"
-            for n, a, c, d, f, s in rows
+            + "".join(f", median corr(grad norm {p}, max |return|) {v:+.2f}" for p, v in r.items())
+            for n, a, c, d, f, s, r in rows
         )
         + ". Verdict: "
         + (
