@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -174,22 +174,7 @@ class RayBackend:
         return f"Ray cluster {self.address}"
 
     def run(self, jobs: list[RunJob], on_done: OnDone) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise UserError(
-                "--ray-address needs Ray: pip install 'perpclip[distributed]' (or pip install ray)"
-            ) from None
-        own = not ray.is_initialized()
-        if own:
-            try:
-                ray.init(address=self.address, logging_level="WARNING", log_to_driver=True)
-            except (ConnectionError, ValueError, RuntimeError) as err:
-                raise UserError(
-                    f"--ray-address {self.address!r}: cannot connect to a Ray cluster ({err}); start one "
-                    "with `ray start --head` and pass auto or its HOST:PORT"
-                ) from err
-        try:
+        with ray_connection(self.address) as ray:
             task = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
             refs = {task.remote(j, str(self.store.out_dir), self.runner): j for j in jobs}
             pending = list(refs)
@@ -208,9 +193,37 @@ class RayBackend:
                         # copy here.
                         self.store.write(job, row, overwrite=False)
                     on_done(row)
-        finally:
-            if own:
-                ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_connection(address: str) -> Iterator[Any]:
+    """The ``ray`` module, connected to the cluster at ``address`` (``auto`` or ``HOST:PORT``) unless this
+    process is connected already; disconnects on exit only if it connected here (so a caller holding one
+    connection for many backend runs, like ``train.py tune``, keeps it).
+
+    Raises:
+        UserError: Ray is not installed, or no cluster answers at ``address``.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise UserError(
+            "--ray-address needs Ray: pip install 'perpclip[distributed]' (or pip install ray)"
+        ) from None
+    own = not ray.is_initialized()
+    if own:
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise UserError(
+                f"--ray-address {address!r}: cannot connect to a Ray cluster ({err}); start one with "
+                "`ray start --head` and pass auto or its HOST:PORT"
+            ) from err
+    try:
+        yield ray
+    finally:
+        if own:
+            ray.shutdown()
 
 
 def default_workers(n_runs: int) -> int:

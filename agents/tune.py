@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.compare_backends import default_workers, make_backend
+from agents.compare_backends import default_workers, make_backend, ray_connection
 from agents.compare_outcome import Runner
 from agents.compare_report import (
     PAIRED_DEFINITIONS,
@@ -246,26 +246,8 @@ def _ray_session(address: str | None) -> Iterator[None]:
     if not address:
         yield
         return
-    try:
-        import ray
-    except ImportError:
-        raise UserError(
-            "--ray-address needs Ray: pip install 'perpclip[distributed]' (or pip install ray)"
-        ) from None
-    own = not ray.is_initialized()
-    if own:
-        try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(
-                f"--ray-address {address!r}: cannot connect to a Ray cluster ({err}); start one with "
-                "`ray start --head` and pass auto or its HOST:PORT"
-            ) from err
-    try:
+    with ray_connection(address):
         yield
-    finally:
-        if own:
-            ray.shutdown()
 
 
 def _new_out_dir(root: Path = Path("runs")) -> Path:

@@ -8,13 +8,6 @@ clipper's keywords and which records every period it trains and evaluates on.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,53 +389,6 @@ def test_cli_real_tune_end_to_end(tmp_path):
     assert (out / "optuna.db").exists() and (out / "tune.json").exists()
     proc = run_cli("tune", *TINY, "--workers", "1", "--out", str(out), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0 and "tune: 0 run(s) ran" in proc.stdout
-
-
-@pytest.fixture
-def ray_head(monkeypatch):
-    """A local Ray head on 127.0.0.1 (as tests/test_compare.py starts one), stopped afterwards."""
-    # No token auth on this throwaway cluster, no usage stats (no network in tests); set before ray starts.
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'perpclip[distributed]'")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    temp = tempfile.mkdtemp(prefix="pcray-")  # short path: Ray's unix sockets must fit in 107 bytes
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    head = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ray.scripts.scripts",
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-            "--block",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield ray, f"127.0.0.1:{port}"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        head.terminate()  # --block: SIGTERM stops every process the head started
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
