@@ -149,6 +149,9 @@ def test_ctrl_c_saves_the_model_and_exits_130(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell runs background jobs (`.ci/run &`, nohup) with SIGINT ignored, and children inherit that;
+        # Python then never raises KeyboardInterrupt. Ctrl-C reaches a foreground job: give the child that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 60
     while not list((tmp_path / "run").glob("progress.csv")) and time.time() < deadline:
