@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import warnings
@@ -233,10 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+#: Warnings already shown by this process, numbers blanked (see :func:`_one_line_warning`).
+_SHOWN: set[tuple[type[Warning], str]] = set()
+
+
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
     """Warnings as one ``warning: ...`` line on stderr: the user needs the message (it says what to pass),
-    not the library line that raised it (``PERPCLIP_DEBUG=1`` keeps Python's format)."""
-    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    not the library line that raised it (``PERPCLIP_DEBUG=1`` keeps Python's format). A message that differs
+    from one already shown only in its numbers is not repeated (``evaluate`` runs the agent and every
+    baseline in envs of their own, and each would say once that a notional passed the flat-rate bracket)."""
+    text = " ".join(str(message).split())
+    key = (category, re.sub(r"\d[\d,.]*", "#", text))
+    if key in _SHOWN:
+        return
+    _SHOWN.add(key)
+    print(f"warning: {text}", file=sys.stderr)
 
 
 def main_exit() -> None:

@@ -189,14 +189,18 @@ def test_library_warnings_print_as_one_line(capsys):
     """A library warning reaching the CLI is one ``warning: ...`` line, without the raising source line."""
     import warnings
 
-    from agents.cli import _one_line_warning
+    from agents.cli import _SHOWN, _one_line_warning
 
+    _SHOWN.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _one_line_warning
         warnings.warn("a notional of 50,858 USDT is above\n  the first bracket", UserWarning, stacklevel=1)
+        # The same warning with other numbers (another env of the same command) is not repeated...
+        warnings.warn("a notional of 61,002.5 USDT is above the first bracket", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)  # ...another one is shown
     err = capsys.readouterr().err
-    assert err == "warning: a notional of 50,858 USDT is above the first bracket\n"
+    assert err == "warning: a notional of 50,858 USDT is above the first bracket\nwarning: something else\n"
 
 
 def _user_files(tmp_path, n_bars=700, gap_at=300):
