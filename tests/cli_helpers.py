@@ -9,6 +9,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Options of a real run small enough for subprocess tests: the 999-bar set, 128 steps of a one-env tiny PPO.
+TINY_RUN = (
+    "--data",
+    "btcusdt-perp-1h-2025",
+    "--timesteps",
+    "128",
+    "--n-envs",
+    "1",
+    "--net-arch",
+    "8",
+    "--hp",
+    "n_steps=64,batch_size=32,n_epochs=1",
+)
+
 
 def run_cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python train.py ARGS`` in ``cwd`` as a user would, one torch/OpenMP thread."""

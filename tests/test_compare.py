@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import TINY_RUN, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -554,16 +554,7 @@ def test_cli_real_compare_end_to_end(tmp_path):
         "2",
         "--folds",
         "2",
-        "--data",
-        "btcusdt-perp-1h-2025",
-        "--timesteps",
-        "128",
-        "--n-envs",
-        "1",
-        "--net-arch",
-        "8",
-        "--hp",
-        "n_steps=64,batch_size=32,n_epochs=1",
+        *TINY_RUN,
         "--env",
         "window=8,episode_bars=64",
         "--workers",

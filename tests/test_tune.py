@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import assert_user_error, run_cli
+from cli_helpers import TINY_RUN, assert_user_error, run_cli
 
 from agents.compare_spec import ClipPart
 from agents.errors import UserError
@@ -108,7 +108,7 @@ BASE = {
 SPACE = "z_thresh=float:1.5:4,alpha=float:0.8:0.99"
 
 
-def _tune(out: Path, **kw: Any) -> Any:
+def _tune(out: Path, space: str = SPACE, **kw: Any) -> Any:
     opts = dict(
         trials=3,
         seeds=2,
@@ -121,7 +121,7 @@ def _tune(out: Path, **kw: Any) -> Any:
         out=out,
     )
     opts.update(kw)
-    return run_tune(BASE, "zclip", SPACE, **opts)
+    return run_tune(BASE, "zclip", space, **opts)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,20 +272,7 @@ def test_resume_runs_nothing_new_and_extends_the_search(tmp_path):
     # Only the new trials' runs (2 inner folds x 2 seeds each, 2 outer folds) and new finals ran.
     assert 8 <= more.n_ran <= 8 + 2 * 2 * 1
     with pytest.raises(UserError, match="other settings"):
-        run_tune(
-            BASE,
-            "zclip",
-            "z_thresh=float:1.5:3",
-            trials=3,
-            seeds=2,
-            outer_folds=2,
-            inner_folds=2,
-            n_bars=1000,
-            workers=1,
-            runner=SpyRunner(),
-            log=None,
-            out=out,
-        )
+        _tune(out, space="z_thresh=float:1.5:3")
 
 
 def test_search_finds_the_optimum_and_is_seeded(tmp_path):
@@ -357,16 +344,7 @@ TINY = (
     "total_return",
     "--against",
     "default",
-    "--data",
-    "btcusdt-perp-1h-2025",
-    "--timesteps",
-    "128",
-    "--n-envs",
-    "1",
-    "--net-arch",
-    "8",
-    "--hp",
-    "n_steps=64,batch_size=32,n_epochs=1",
+    *TINY_RUN,
     "--env",
     "window=8,episode_bars=64,execution={deadband: 0}",  # deadband 0: the tiny agents trade
 )
