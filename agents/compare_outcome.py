@@ -174,45 +174,59 @@ class RunOutcome:
         return row
 
 
-def final_action_std(run_dir: Path) -> float | None:
-    """Last ``train/std`` SB3 logged to ``progress.csv`` (Gaussian policies of PPO/A2C), if any."""
-    path = run_dir / "progress.csv"
+def read_progress(run_dir: Path) -> pd.DataFrame | None:
+    """The run's ``progress.csv`` (SB3's logged scalars, one row per dump), or None where there is none or it
+    cannot be read. Read once per run: every statistic below is computed from this frame."""
+    path = Path(run_dir) / "progress.csv"
     if not path.is_file():
         return None
     try:
-        col = pd.read_csv(path, usecols=lambda c: c == "train/std")
+        return pd.read_csv(path)
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None
-    if "train/std" not in col or col["train/std"].dropna().empty:
+
+
+def _series(progress: pd.DataFrame, col: str) -> np.ndarray:
+    """One logged column as floats, without the rows of the dumps that did not log it."""
+    return pd.to_numeric(progress[col], errors="coerce").dropna().to_numpy(dtype=float)
+
+
+def final_action_std(progress: pd.DataFrame | None) -> float | None:
+    """Last ``train/std`` SB3 logged (Gaussian policies of PPO/A2C), if any."""
+    if progress is None or "train/std" not in progress:
         return None
-    return float(col["train/std"].dropna().iloc[-1])
+    values = _series(progress, "train/std")
+    return float(values[-1]) if values.size else None
 
 
 #: Spikes are logged grad-norm values above median + SPIKE_MADS * MAD (``agents.stats.count_spikes``).
 SPIKE_MADS = 5.0
 
+#: SB3's logged losses whose spikes are counted (PPO/A2C: ``train/value_loss``, ``train/loss``; SAC/TD3:
+#: ``train/critic_loss``, ``train/actor_loss``).
+LOSS_COLUMNS = ("train/loss", "train/value_loss", "train/critic_loss", "train/actor_loss")
 
-def grad_norm_stability(run_dir: Path) -> dict[str, float]:
-    """Per clipped part, from ``progress.csv``'s ``clip/<part>/grad_norm`` series: ``grad_spikes_<part>``
-    (values above median + 5 MAD, :func:`agents.stats.count_spikes`) and ``grad_kurtosis_<part>`` (excess
-    kurtosis, :func:`agents.stats.excess_kurtosis`). Empty when the run logged no such series (``clip: sb3``,
-    or a runner that writes no progress.csv).
+
+def _grad_norm_columns(progress: pd.DataFrame) -> list[str]:
+    return sorted(c for c in progress.columns if c.startswith("clip/") and c.endswith("/grad_norm"))
+
+
+def grad_norm_stability(progress: pd.DataFrame | None) -> dict[str, float]:
+    """Per clipped part, from the ``clip/<part>/grad_norm`` series: ``grad_spikes_<part>`` (values above
+    median + 5 MAD, :func:`agents.stats.count_spikes`) and ``grad_kurtosis_<part>`` (excess kurtosis,
+    :func:`agents.stats.excess_kurtosis`). Empty when the run logged no such series (``clip: sb3``, or a
+    runner that writes no progress.csv).
 
     Each logged value is the mean over one logging interval (a rollout's updates for PPO), not one update.
     """
     from agents import stats
 
-    path = Path(run_dir) / "progress.csv"
-    if not path.is_file():
-        return {}
-    try:
-        df = pd.read_csv(path, usecols=lambda c: c.startswith("clip/") and c.endswith("/grad_norm"))
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return {}
     out: dict[str, float] = {}
-    for col in sorted(df.columns):
+    if progress is None:
+        return out
+    for col in _grad_norm_columns(progress):
         part = col.split("/")[1]
-        series = pd.to_numeric(df[col], errors="coerce").dropna().to_numpy(dtype=float)
+        series = _series(progress, col)
         if series.size == 0:
             continue
         out[f"grad_spikes_{part}"] = float(stats.count_spikes(series, SPIKE_MADS))
@@ -220,13 +234,8 @@ def grad_norm_stability(run_dir: Path) -> dict[str, float]:
     return out
 
 
-#: SB3's logged losses whose spikes are counted (PPO/A2C: ``train/value_loss``, ``train/loss``; SAC/TD3:
-#: ``train/critic_loss``, ``train/actor_loss``).
-LOSS_COLUMNS = ("train/loss", "train/value_loss", "train/critic_loss", "train/actor_loss")
-
-
-def loss_and_validation_stability(run_dir: Path, metric: str = "sharpe") -> dict[str, float]:
-    """From ``progress.csv``: ``loss_spikes_<name>`` (logged loss values above median + 5 MAD) per SB3 loss,
+def loss_and_validation_stability(progress: pd.DataFrame | None, metric: str = "sharpe") -> dict[str, float]:
+    """``loss_spikes_<name>`` (logged loss values above median + 5 MAD) per SB3 loss,
     ``grad_return_corr_<part>`` (Spearman correlation between an update's gradient norm and the largest
     absolute bar return in its data, :func:`agents.stats.grad_norm_return_correlation`), and
     ``val_auc_<metric>``: the area under the validation curve (``eval/<metric>`` against training steps,
@@ -235,24 +244,20 @@ def loss_and_validation_stability(run_dir: Path, metric: str = "sharpe") -> dict
     """
     from agents import stats
 
-    path = Path(run_dir) / "progress.csv"
-    if not path.is_file():
-        return {}
-    try:
-        df = pd.read_csv(path)
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
-        return {}
     out: dict[str, float] = {}
+    if progress is None:
+        return out
+    df = progress
     for col in LOSS_COLUMNS:
         if col in df:
-            series = pd.to_numeric(df[col], errors="coerce").dropna().to_numpy(dtype=float)
+            series = _series(df, col)
             if series.size:
                 out[f"loss_spikes_{col.split('/')[1]}"] = float(stats.count_spikes(series, SPIKE_MADS))
     # Does a price spike cause a gradient spike? Rows hold an update's mean gradient norm per part next to
     # the largest |bar log return| of the data it trained on (TradeMetricsCallback); Spearman over rows.
     stress = "train/batch_abs_return_max"
     if stress in df:
-        for col in sorted(c for c in df.columns if c.startswith("clip/") and c.endswith("/grad_norm")):
+        for col in _grad_norm_columns(df):
             pair = df[[col, stress]].apply(pd.to_numeric, errors="coerce").dropna()
             if len(pair) >= 3:
                 corr = stats.grad_norm_return_correlation(pair[col].to_numpy(), pair[stress].to_numpy())
@@ -295,9 +300,10 @@ def execute_job(job: RunJob, out_dir: str | Path, runner: Runner) -> dict[str, A
             outcome.status = "interrupted"
             return outcome.row()
         outcome.record_train(tr)
-        outcome.action_std = final_action_std(run_dir)
-        outcome.train.update(grad_norm_stability(run_dir))
-        outcome.train.update(loss_and_validation_stability(run_dir))
+        progress = read_progress(run_dir)
+        outcome.action_std = final_action_std(progress)
+        outcome.train.update(grad_norm_stability(progress))
+        outcome.train.update(loss_and_validation_stability(progress))
         stage = "evaluate"
         outcome.record_eval(runner.evaluate(run_dir), _baseline_metrics(job))
         outcome.status = "ok"

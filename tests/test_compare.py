@@ -754,7 +754,7 @@ def test_summary_shows_every_baseline_on_the_same_folds():
 
 
 def test_loss_spikes_and_validation_auc_from_progress_csv(tmp_path):
-    from agents.compare_outcome import loss_and_validation_stability
+    from agents.compare_outcome import loss_and_validation_stability, read_progress
 
     rows = [{"eval/sharpe": 0.0}]  # step 0: validated before any training row
     for i in range(1, 21):
@@ -763,15 +763,16 @@ def test_loss_spikes_and_validation_auc_from_progress_csv(tmp_path):
             rows.append({"eval/sharpe": i / 10})  # dumped after the training row of step 100 * i
     rows[5]["train/value_loss"] = 50.0  # one spike
     pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
-    out = loss_and_validation_stability(tmp_path)
+    out = loss_and_validation_stability(read_progress(tmp_path))
     assert out["loss_spikes_value_loss"] == 1 and out["loss_spikes_loss"] == 0
     # Curve (0, 0), (1000, 1), (2000, 2): trapezoids 500 + 1500 over 2000 steps = 1.0.
     assert out["val_auc_sharpe"] == pytest.approx(1.0)
-    assert loss_and_validation_stability(tmp_path / "missing") == {}
+    assert read_progress(tmp_path / "missing") is None
+    assert loss_and_validation_stability(None) == {}
 
 
 def test_gradient_norm_against_market_stress_correlation(tmp_path):
-    from agents.compare_outcome import loss_and_validation_stability
+    from agents.compare_outcome import loss_and_validation_stability, read_progress
 
     stress = [0.01, 0.05, 0.02, 0.08, 0.03]
     rows = [
@@ -779,6 +780,6 @@ def test_gradient_norm_against_market_stress_correlation(tmp_path):
         for s in stress
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
-    out = loss_and_validation_stability(tmp_path)
+    out = loss_and_validation_stability(read_progress(tmp_path))
     assert out["grad_return_corr_value"] == pytest.approx(1.0)
     assert out["grad_return_corr_policy"] == pytest.approx(-1.0)
