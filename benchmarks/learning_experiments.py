@@ -82,6 +82,20 @@ _add("confirm", "defaults", [], _ALL)
 _add("confirm", "sac-defaults", ["--algo", "sac"], _PLANTED)
 
 
+# Rollout shapes (issue 12: defaults chosen for throughput without losing learning), default timesteps,
+# three seeds each: the current 16 envs x 256 steps, 32 x 128, 64 x 64 (same 4,096-step rollout and
+# minibatches), and 64 x 64 with half the epochs.
+_ROLLOUTS = {
+    "r16x256": [],
+    "r32x128": ["--n-envs", "32", "--hp", "n_steps=128"],
+    "r64x64": ["--n-envs", "64", "--hp", "n_steps=64"],
+    "r64x64-ep5": ["--n-envs", "64", "--hp", "n_steps=64,n_epochs=5"],
+}
+for _seed in range(5):
+    for _name, _opts in _ROLLOUTS.items():
+        _add("rollout", f"{_name}-s{_seed}", [*_opts, "--seed", str(_seed)], _ALL)
+
+
 #: Experiments trained under other costs (the env's ``execution`` in training), evaluated under these.
 EVAL_EXECUTION = {
     "db0.2+logstd-1.5+fee2x": {"deadband": 0.2},
