@@ -92,7 +92,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("action", "halflife", "side", "market", "execution", "size"), CASES)
+@pytest.mark.parametrize(
+    ("action", "halflife", "side", "market", "execution", "size"),
+    CASES,
+    ids=["continuous", "discrete", "sell-base-units-no-transient", "buy-no-cap", "daily-bars"],
+)
 def test_batched_env_equals_single_envs_step_for_step(
     request, action, halflife, side, market, execution, size
 ):
@@ -174,6 +178,18 @@ def test_batched_env_equals_single_envs_step_for_step(
     if action == "continuous" and execution.max_participation is not None:
         assert n_capped >= 50, n_capped
     assert sides == ({1, -1} if side == "random" else {1 if side == "buy" else -1})
+
+
+def test_info_keys_are_the_single_envs():
+    """The batched env reports ``INFO_KEYS`` / ``SUMMARY_KEYS``: a key the single env grows must be added."""
+    env = CryptoFuturesExecutionEnv(
+        load_market("synthetic:gbm:n_bars=600,seed=3"), horizon_bars=2, profile_days=2
+    )
+    env.reset(seed=0)
+    info = env.step(np.array([-1.0], dtype=np.float32))[4]
+    assert tuple(info) == INFO_KEYS
+    _, _, term, _, info = env.step(np.array([-1.0], dtype=np.float32))
+    assert term and tuple(info) == (*INFO_KEYS, "execution") and tuple(info["execution"]) == SUMMARY_KEYS
 
 
 # ------------------------------------------------------------------------------------------ invariants
