@@ -74,9 +74,9 @@ class AlgoConfig:
     Attributes:
         algo: one of ``ALGO_NAMES`` (aliases ``rppo``/``recurrentppo`` -> ``recurrent_ppo``).
         timesteps: environment steps to train for (additional steps when resuming).
-        n_envs: parallel copies of the training env (the trading task steps them together in numpy,
-            ``envs.CryptoFuturesVecEnv``). 16 by default: with PPO's 256-step rollouts that is 4096 frames per
-            update, the throughput of batched stepping without fewer updates than learning needs.
+        n_envs: parallel copies of the training env (stepped together in numpy: ``envs.CryptoFuturesVecEnv``,
+            ``envs.CryptoFuturesExecutionVecEnv``). 16 by default: with PPO's 256-step rollouts that is 4096
+            frames per update, the throughput of batched stepping without fewer updates than learning needs.
         seed: seeds torch, numpy, the envs and the action space; same seed -> identical run.
         net_arch: hidden layer sizes, shared by actor and critic (a list), or SB3's dict form
             (``{"pi": [...], "vf": [...]}`` on-policy, ``{"pi": [...], "qf": [...]}`` off-policy).

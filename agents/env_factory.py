@@ -220,13 +220,13 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
     """The training VecEnv: ``n_envs`` envs on the training market, episodes counted by a monitor.
 
     With more than one env and a task that has a batched env (``TaskSpec.make_batched_env``: the trading
-    task's ``envs.CryptoFuturesVecEnv``), the envs step together in numpy behind
-    ``agents.vec_adapter.SB3VecEnvAdapter`` + ``VecMonitor``, seeded ``seed`` (one generator draws every
-    episode start); otherwise ``n_envs`` Monitor-wrapped single envs in a ``DummyVecEnv``, seeded
-    ``seed + i``. Trading episodes start at random bars and last ``env.episode_bars``; execution episodes
-    draw arrival bar, side and size the same way. For the execution task the rewards (bp) are multiplied by
-    ``exec_env.reward_scale`` after the monitor, so ``rollout/ep_rew_mean`` stays minus the mean shortfall in
-    bp.
+    task's ``envs.CryptoFuturesVecEnv``, the execution task's ``envs.CryptoFuturesExecutionVecEnv``), the envs
+    step together in numpy behind ``agents.vec_adapter.SB3VecEnvAdapter`` + ``VecMonitor``, seeded ``seed``
+    (one generator draws every episode start, and for execution every side and size); otherwise ``n_envs``
+    Monitor-wrapped single envs in a ``DummyVecEnv``, seeded ``seed + i``. Trading episodes start at random
+    bars and last ``env.episode_bars``; execution episodes draw arrival bar, side and size the same way. For
+    the execution task the rewards (bp) are multiplied by ``exec_env.reward_scale`` after the monitor
+    (``Monitor`` or ``VecMonitor``), so ``rollout/ep_rew_mean`` stays minus the mean shortfall in bp.
     """
     seed = cfg.algo.seed if seed is None else seed
     env_cfg = cfg.task_env

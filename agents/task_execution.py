@@ -291,6 +291,12 @@ def _make_env(market: Any, **kwargs: Any) -> Any:
     return CryptoFuturesExecutionEnv(market, **kwargs)
 
 
+def _make_batched_env(market: Any, num_envs: int, **kwargs: Any) -> Any:
+    from envs.execution_vec_env import CryptoFuturesExecutionVecEnv
+
+    return CryptoFuturesExecutionVecEnv(market, num_envs=num_envs, **kwargs)
+
+
 def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     twap_val: list[float] = []  # TWAP's validation shortfall: computed once, logged next to the agent's
 
@@ -350,6 +356,7 @@ EXECUTION = TaskSpec(
     section="exec_env",
     config_cls=ExecEnvConfig,
     make_env=_make_env,
+    make_batched_env=_make_batched_env,
     metrics=("shortfall_bps",),
     lower_is_better=("shortfall_bps",),
     make_validator=_make_validator,

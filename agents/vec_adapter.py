@@ -1,4 +1,5 @@
-"""Stable-Baselines3 ``VecEnv`` over a batched gymnasium vector env (``envs.CryptoFuturesVecEnv``).
+"""Stable-Baselines3 ``VecEnv`` over a batched gymnasium vector env (``envs.CryptoFuturesVecEnv``, and
+``envs.CryptoFuturesExecutionVecEnv``).
 
 SB3 steps N envs through its own ``VecEnv`` API (``step_async``/``step_wait``, a list of per-env info dicts,
 ``terminal_observation``); :class:`SB3VecEnvAdapter` gives it that API over a gymnasium ``VectorEnv`` that

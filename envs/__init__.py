@@ -8,6 +8,7 @@ from gymnasium.envs.registration import register
 
 from envs.contract import ExecutionConfig, MarginConfig
 from envs.execution_env import CryptoFuturesExecutionEnv
+from envs.execution_vec_env import CryptoFuturesExecutionVecEnv
 from envs.features import FeatureConfig
 from envs.loaders import load_funding, load_market
 from envs.market import EMBEDDED, MarketData, load_embedded, load_funding_history
@@ -22,6 +23,7 @@ __all__ = [
     "SYNTHETIC_KINDS",
     "CryptoFuturesEnv",
     "CryptoFuturesExecutionEnv",
+    "CryptoFuturesExecutionVecEnv",
     "CryptoFuturesVecEnv",
     "ExecutionConfig",
     "FeatureConfig",
@@ -44,4 +46,8 @@ register(
     entry_point="envs.trading_env:CryptoFuturesEnv",
     vector_entry_point="envs.vec_env:CryptoFuturesVecEnv",
 )
-register(id="CryptoFuturesExecution-v0", entry_point="envs.execution_env:CryptoFuturesExecutionEnv")
+register(
+    id="CryptoFuturesExecution-v0",
+    entry_point="envs.execution_env:CryptoFuturesExecutionEnv",
+    vector_entry_point="envs.execution_vec_env:CryptoFuturesExecutionVecEnv",
+)

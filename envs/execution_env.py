@@ -27,6 +27,8 @@ __all__ = [
     "OBS_NAMES",
     "SIDES",
     "DEFAULT_QUANTITY_ADV",
+    "INFO_KEYS",
+    "SUMMARY_KEYS",
     "capped_quantity",
 ]
 
@@ -52,6 +54,44 @@ OBS_NAMES = (
     "time_to_funding",
     "tod_sin",
     "tod_cos",
+)
+#: Keys of ``step``'s info (``"execution"``, the episode summary with :data:`SUMMARY_KEYS`, is added on the
+#: last step); the batched env (``envs.execution_vec_env``) reports the same keys as arrays.
+INFO_KEYS = (
+    "bar_index",
+    "step",
+    "side",
+    "quantity",
+    "remaining",
+    "executed",
+    "fill_qty",
+    "fill_price",
+    "fee",
+    "forced",
+    "forced_qty",
+    "arrival_price",
+    "shortfall_bps",
+    "fees_paid",
+    "funding_paid",
+)
+#: Keys of ``info["execution"]``, the summary of a finished episode.
+SUMMARY_KEYS = (
+    "shortfall_bps",
+    "shortfall_quote",
+    "timing_bps",
+    "spread_bps",
+    "impact_bps",
+    "fees_bps",
+    "funding_bps",
+    "funding_quote",
+    "avg_price",
+    "arrival_price",
+    "quantity",
+    "side",
+    "n_fills",
+    "forced_qty",
+    "steps",
+    "start_bar",
 )
 _CLIP = 10.0
 _EPS = 1e-12
