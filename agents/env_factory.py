@@ -380,10 +380,13 @@ def _fast_act(
     passes per default run); ``predict``'s input checks and tensor conversion took about 2/3 of each call.
     The arithmetic is ``BasePolicy.predict``'s: ``_predict`` under ``no_grad``, then ``unscale_action`` for
     squashed Box actions (SAC), clipping to the bounds otherwise; ``tests/test_agents.py`` checks the actions
-    equal ``predict``'s.
+    equal ``predict``'s. Deterministic actions of plain MLP policies skip torch altogether
+    (``agents.numpy_policy.numpy_actor``: ~10x faster for one observation, equal to float32 rounding).
     """
     import torch
     from gymnasium import spaces
+
+    from agents.numpy_policy import numpy_actor
 
     policy = model.policy
     if hasattr(policy, "lstm_actor") or not isinstance(policy.observation_space, spaces.Box):
@@ -394,13 +397,17 @@ def _fast_act(
     obs_shape = (1, *policy.observation_space.shape)
     act_shape = (-1, *space.shape)
     device = policy.device
+    forward = numpy_actor(policy) if deterministic else None
 
     def act(obs: np.ndarray, info: dict | None = None) -> np.ndarray:
         if vecnormalize is not None:
             obs = vecnormalize.normalize_obs(obs)
-        with torch.no_grad():
-            x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(obs_shape), device=device)
-            actions = policy._predict(x, deterministic=deterministic).cpu().numpy().reshape(act_shape)
+        if forward is not None:
+            actions = forward(obs).reshape(act_shape)
+        else:
+            with torch.no_grad():
+                x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(obs_shape), device=device)
+                actions = policy._predict(x, deterministic=deterministic).cpu().numpy().reshape(act_shape)
         if squash:
             actions = policy.unscale_action(actions)
         elif box:
