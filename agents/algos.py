@@ -32,6 +32,7 @@ __all__ = [
     "build_model",
     "load_model",
     "resolve_hyperparams",
+    "resolve_n_envs",
     "save_model",
 ]
 
@@ -46,6 +47,7 @@ class AlgoSpec:
     on_policy: bool
     continuous_only: bool
     defaults: dict[str, Any]
+    n_envs: int = 16  # AlgoConfig.n_envs when that is None
 
 
 # Defaults for hourly trading: chosen for short CPU runs on ~1k-100k bars, not tuned on the test period
@@ -156,6 +158,11 @@ def _optimizer_name(value: Any) -> str:
             f"{', '.join(OPTIMIZERS)} (e.g. compare --optimizer adam,sgd)"
         )
     return key
+
+
+def resolve_n_envs(algo: AlgoConfig) -> int:
+    """``algo.n_envs``, or the algorithm's default (``AlgoSpec.n_envs``) where it is None."""
+    return ALGOS[algo.algo].n_envs if algo.n_envs is None else algo.n_envs
 
 
 def resolve_hyperparams(algo: AlgoConfig, clip: ClipConfig) -> dict[str, Any]:

@@ -75,8 +75,9 @@ class AlgoConfig:
         algo: one of ``ALGO_NAMES`` (aliases ``rppo``/``recurrentppo`` -> ``recurrent_ppo``).
         timesteps: environment steps to train for (additional steps when resuming).
         n_envs: parallel copies of the training env (stepped together in numpy: ``envs.CryptoFuturesVecEnv``,
-            ``envs.CryptoFuturesExecutionVecEnv``). 16 by default: with PPO's 256-step rollouts that is 4096
-            frames per update, the throughput of batched stepping without fewer updates than learning needs.
+            ``envs.CryptoFuturesExecutionVecEnv``). None (the default): the algorithm's own, ``AlgoSpec.n_envs``
+            in ``agents.algos.ALGOS``, which goes with its rollout and update sizes (PPO: 32 envs x 128 steps =
+            4096 frames per update; the others 16). ``config.yaml`` records the number used.
         seed: seeds torch, numpy, the envs and the action space; same seed -> identical run.
         net_arch: hidden layer sizes, shared by actor and critic (a list), or SB3's dict form
             (``{"pi": [...], "vf": [...]}`` on-policy, ``{"pi": [...], "qf": [...]}`` off-policy).
@@ -110,7 +111,7 @@ class AlgoConfig:
 
     algo: str = "ppo"
     timesteps: int = 200_000
-    n_envs: int = 16
+    n_envs: int | None = None
     seed: int = 0
     net_arch: list[int] | dict[str, list[int]] = field(default_factory=lambda: [64, 64])
     hyperparams: dict[str, Any] = field(default_factory=dict)
@@ -132,8 +133,9 @@ class AlgoConfig:
         object.__setattr__(self, "algo", algo)
         if isinstance(self.timesteps, bool) or not isinstance(self.timesteps, int) or self.timesteps <= 0:
             raise UserError(f"timesteps must be a positive integer, got {self.timesteps!r}")
-        if isinstance(self.n_envs, bool) or not isinstance(self.n_envs, int) or self.n_envs < 1:
-            raise UserError(f"n_envs must be an integer >= 1, got {self.n_envs!r}")
+        n = self.n_envs
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise UserError(f"n_envs must be an integer >= 1 (or null: the algorithm's default), got {n!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise UserError(f"seed must be an integer, got {self.seed!r}")
         arch = self.net_arch

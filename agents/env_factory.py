@@ -20,6 +20,7 @@ import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
+from agents.algos import resolve_n_envs
 from agents.config import DataConfig, RunConfig
 from agents.errors import UserError
 from agents.task_spec import TaskSpec
@@ -229,6 +230,7 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
     (``Monitor`` or ``VecMonitor``), so ``rollout/ep_rew_mean`` stays minus the mean shortfall in bp.
     """
     seed = cfg.algo.seed if seed is None else seed
+    n_envs = resolve_n_envs(cfg.algo)
     env_cfg = cfg.task_env
     task = task_of(env_cfg)
     costs = _train_costs(env_cfg, task, cfg.algo.train_cost_scale)
@@ -236,14 +238,14 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
     probe = make_env(market, env_cfg, **costs)
     probe.close()
     vec: VecEnv
-    if task.make_batched_env is not None and cfg.algo.n_envs > 1:
+    if task.make_batched_env is not None and n_envs > 1:
         from stable_baselines3.common.vec_env import VecMonitor
 
         from agents.vec_adapter import SB3VecEnvAdapter
 
         kw = {**_env_kwargs(env_cfg, task.section), **costs}
         try:
-            batched = task.make_batched_env(market, cfg.algo.n_envs, **kw)
+            batched = task.make_batched_env(market, n_envs, **kw)
         except (TypeError, ValueError) as exc:
             raise UserError(f"cannot build the {task.name} env: {exc}") from None
         adapter = SB3VecEnvAdapter(batched, info_keys=task.train_info_keys)
@@ -254,7 +256,7 @@ def make_train_env(cfg: RunConfig, market: Any, *, seed: int | None = None) -> V
         def factory() -> Any:
             return make_env(market, env_cfg, **costs)
 
-        vec = make_vec_env(factory, n_envs=cfg.algo.n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
+        vec = make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=FreshInfoVecEnv)
     if cfg.spec.wrap_train_env is not None:
         vec = cfg.spec.wrap_train_env(vec, env_cfg)
     if cfg.algo.train_reward_scale != 1.0:
@@ -380,10 +382,13 @@ def _fast_act(
     passes per default run); ``predict``'s input checks and tensor conversion took about 2/3 of each call.
     The arithmetic is ``BasePolicy.predict``'s: ``_predict`` under ``no_grad``, then ``unscale_action`` for
     squashed Box actions (SAC), clipping to the bounds otherwise; ``tests/test_agents.py`` checks the actions
-    equal ``predict``'s.
+    equal ``predict``'s. Deterministic actions of plain MLP policies skip torch altogether
+    (``agents.numpy_policy.numpy_actor``: ~10x faster for one observation, equal to float32 rounding).
     """
     import torch
     from gymnasium import spaces
+
+    from agents.numpy_policy import numpy_actor
 
     policy = model.policy
     if hasattr(policy, "lstm_actor") or not isinstance(policy.observation_space, spaces.Box):
@@ -394,13 +399,17 @@ def _fast_act(
     obs_shape = (1, *policy.observation_space.shape)
     act_shape = (-1, *space.shape)
     device = policy.device
+    forward = numpy_actor(policy) if deterministic else None
 
     def act(obs: np.ndarray, info: dict | None = None) -> np.ndarray:
         if vecnormalize is not None:
             obs = vecnormalize.normalize_obs(obs)
-        with torch.no_grad():
-            x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(obs_shape), device=device)
-            actions = policy._predict(x, deterministic=deterministic).cpu().numpy().reshape(act_shape)
+        if forward is not None:
+            actions = forward(obs).reshape(act_shape)
+        else:
+            with torch.no_grad():
+                x = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(obs_shape), device=device)
+                actions = policy._predict(x, deterministic=deterministic).cpu().numpy().reshape(act_shape)
         if squash:
             actions = policy.unscale_action(actions)
         elif box:

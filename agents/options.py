@@ -119,7 +119,10 @@ RUN_OPTIONS: tuple[Option, ...] = (
     ),
     Option(("--timesteps",), {"type": int, "help": "environment steps to train (more steps when resuming)"}),
     Option(("--seed",), {"type": int, "help": "random seed (same seed -> same run)"}, per_run=True),
-    Option(("--n-envs",), {"type": int, "help": "parallel training envs"}),
+    Option(
+        ("--n-envs",),
+        {"type": int, "help": "parallel training envs (default: the algorithm's own; PPO 32, the others 16)"},
+    ),
     Option(("--net-arch",), {"metavar": "N,N", "help": "hidden layer sizes, e.g. 64,64"}),
     Option(
         ("--hp",),

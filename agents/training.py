@@ -18,7 +18,15 @@ from stable_baselines3.common.logger import CSVOutputFormat, Logger, TensorBoard
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import env_factory
-from agents.algos import ALGOS, build_model, load_model, resolve_hyperparams, save_model, validate_clip
+from agents.algos import (
+    ALGOS,
+    build_model,
+    load_model,
+    resolve_hyperparams,
+    resolve_n_envs,
+    save_model,
+    validate_clip,
+)
 from agents.callbacks import ClipLoggerCallback, ValidationCallback
 from agents.config import RunConfig, load_config, save_config
 from agents.errors import UserError
@@ -60,7 +68,7 @@ class TrainResult:
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the algorithm's hyperparameters filled in (what ``config.yaml`` records).
+    """``cfg`` with the algorithm's hyperparameters and ``n_envs`` filled in (what ``config.yaml`` records).
 
     A task with its own discount (``TaskSpec.gamma``; the execution task trains undiscounted) uses it unless
     ``hyperparams`` sets ``gamma``.
@@ -80,7 +88,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if gamma is not None and "gamma" not in algo.hyperparams:
         algo = cfg.replace(algo={"hyperparams": {"gamma": gamma, **algo.hyperparams}}).algo
     hp = resolve_hyperparams(algo, cfg.clip)
-    return cfg.replace(algo={"hyperparams": hp})
+    return cfg.replace(algo={"hyperparams": hp, "n_envs": resolve_n_envs(algo)})
 
 
 def _logger(run: RunDir, resume: bool) -> Logger:

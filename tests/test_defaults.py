@@ -10,8 +10,9 @@ import pytest
 import yaml
 from cli_helpers import run_cli
 
-from agents.algos import ALGOS, resolve_hyperparams
+from agents.algos import ALGOS, resolve_hyperparams, resolve_n_envs
 from agents.config import AlgoConfig, ClipConfig, RunConfig
+from agents.errors import UserError
 
 
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
@@ -38,7 +39,8 @@ def test_default_config_trains_and_records_its_defaults(tmp_path, algo):
     assert (run / "model.zip").is_file()
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     want = RunConfig().replace(algo={"algo": algo})
-    assert cfg["algo"]["n_envs"] == AlgoConfig().n_envs
+    assert AlgoConfig().n_envs is None  # the algorithm's own, recorded as a number in config.yaml
+    assert cfg["algo"]["n_envs"] == ALGOS[algo].n_envs
     assert cfg["algo"]["normalize_obs"] == want.algo.normalize_obs
     assert cfg["algo"]["normalize_reward"] == want.algo.normalize_reward
     resolved = resolve_hyperparams(AlgoConfig(algo=algo), ClipConfig())
@@ -54,7 +56,7 @@ def test_default_config_trains_and_records_its_defaults(tmp_path, algo):
 def test_default_rollout_fills_whole_minibatches():
     """PPO's rollout (n_envs * n_steps) splits into whole minibatches: no ragged last batch each epoch."""
     hp = ALGOS["ppo"].defaults
-    assert (AlgoConfig().n_envs * hp["n_steps"]) % hp["batch_size"] == 0
+    assert (resolve_n_envs(AlgoConfig()) * hp["n_steps"]) % hp["batch_size"] == 0
 
 
 @pytest.mark.parametrize("n_envs", [1, 3])
@@ -84,3 +86,17 @@ def test_train_cost_scale_rejects_bad_values():
     for bad in (-1.0, float("inf"), "2"):
         with pytest.raises(UserError, match="train_cost_scale"):
             AlgoConfig(train_cost_scale=bad)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_n_envs_default_follows_the_algorithm_through_config_changes(algo):
+    """``n_envs: null`` is each algorithm's own: switching the algorithm of a config does not carry PPO's
+    number over, and an explicit number wins."""
+    from agents.run import resolve_config
+
+    cfg = RunConfig().replace(algo={"algo": algo})
+    assert cfg.algo.n_envs is None
+    assert resolve_config(cfg).algo.n_envs == ALGOS[algo].n_envs
+    assert resolve_config(cfg.replace(algo={"n_envs": 3})).algo.n_envs == 3
+    with pytest.raises(UserError, match="n_envs must be an integer >= 1"):
+        RunConfig().replace(algo={"n_envs": 0})
