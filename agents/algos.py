@@ -212,12 +212,20 @@ def _constructor_kwargs(algo: AlgoConfig, clip: ClipConfig, n_actions: int) -> d
 
         optimizer = _optimizer_name(optimizer)
         policy_kwargs["optimizer_class"] = getattr(torch.optim, OPTIMIZERS[optimizer])
-    # Adam is PPO's and RecurrentPPO's default; A2C's is RMSprop unless an optimizer_class is given.
-    adam = optimizer == "adam" or (optimizer is None and algo.algo in ("ppo", "recurrent_ppo"))
-    if "optimizer_kwargs" in policy_kwargs and spec.on_policy and adam:
-        # SB3 sets Adam eps=1e-5 only when no optimizer_kwargs are given; any given kwargs silently fall back
-        # to torch's 1e-8. Keep SB3's value unless the user chose one (SGD has no eps: not added there).
-        policy_kwargs["optimizer_kwargs"] = {"eps": 1e-5, **policy_kwargs["optimizer_kwargs"]}
+    # Adam is every algorithm's default but A2C's (RMSprop unless an optimizer_class is given).
+    adam = optimizer == "adam" or (optimizer is None and algo.algo != "a2c")
+    if adam:
+        kw = dict(policy_kwargs.get("optimizer_kwargs") or {})
+        if spec.on_policy:
+            # SB3 sets Adam eps=1e-5 only when no optimizer_kwargs are given; any given kwargs silently fall
+            # back to torch's 1e-8. Keep SB3's value unless the user chose one (SGD has no eps: not added).
+            kw.setdefault("eps", 1e-5)
+        if "foreach" not in kw and str(algo.device).split(":")[0] in ("cpu", "cuda", "auto"):
+            # torch's fused Adam: the same update in one kernel over all parameters. On CPU torch otherwise
+            # runs a Python loop over the parameters (~0.5 ms per step for PPO's two 64x64 MLPs, 0.1 ms
+            # fused); results agree to float32 rounding (tests/test_agents.py).
+            kw.setdefault("fused", True)
+        policy_kwargs["optimizer_kwargs"] = kw
     hp["policy_kwargs"] = policy_kwargs
     noise = hp.pop("action_noise", None)
     if noise is not None:

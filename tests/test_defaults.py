@@ -100,3 +100,30 @@ def test_n_envs_default_follows_the_algorithm_through_config_changes(algo):
     assert resolve_config(cfg.replace(algo={"n_envs": 3})).algo.n_envs == 3
     with pytest.raises(UserError, match="n_envs must be an integer >= 1"):
         RunConfig().replace(algo={"n_envs": 0})
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "td3"])
+def test_adam_is_fused_and_keeps_sb3_eps(algo):
+    """Adam runs fused (one kernel over all parameters) with SB3's eps for on-policy policies; the update
+    equals the unfused one to float32 rounding; an explicit choice of the user wins."""
+    import torch
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents.algos import build_model
+
+    def params_after_training(hp: dict) -> tuple[torch.Tensor, dict]:
+        env = make_vec_env("Pendulum-v1", n_envs=1, seed=0)
+        small = {"n_steps": 32, "batch_size": 32, "n_epochs": 2} if algo == "ppo" else {"learning_starts": 16}
+        cfg = AlgoConfig(algo=algo, n_envs=1, net_arch=[8], hyperparams={**small, **hp})
+        model = build_model(cfg, ClipConfig(), env).model
+        model.learn(64)
+        opt = model.policy.optimizer if algo == "ppo" else model.actor.optimizer
+        flat = torch.cat([p.detach().flatten() for p in model.policy.parameters()])
+        return flat, opt.defaults
+
+    fused, defaults = params_after_training({})
+    assert defaults["fused"] is True
+    assert defaults["eps"] == (1e-5 if algo == "ppo" else 1e-8)
+    plain, defaults = params_after_training({"policy_kwargs": {"optimizer_kwargs": {"fused": False}}})
+    assert not defaults["fused"]
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
