@@ -74,10 +74,11 @@ class AlgoConfig:
     Attributes:
         algo: one of ``ALGO_NAMES`` (aliases ``rppo``/``recurrentppo`` -> ``recurrent_ppo``).
         timesteps: environment steps to train for (additional steps when resuming).
-        n_envs: parallel copies of the training env (stepped together in numpy: ``envs.CryptoFuturesVecEnv``,
-            ``envs.CryptoFuturesExecutionVecEnv``). None (the default): the algorithm's own, ``AlgoSpec.n_envs``
-            in ``agents.algos.ALGOS``, which goes with its rollout and update sizes (PPO: 32 envs x 128 steps =
-            4096 frames per update; the others 16). ``config.yaml`` records the number used.
+        n_envs: parallel copies of the training env (stepped together in numpy:
+            ``envs.CryptoFuturesVecEnv``, ``envs.CryptoFuturesExecutionVecEnv``). None (the default): the
+            algorithm's own, ``AlgoSpec.n_envs`` in ``agents.algos.ALGOS``, which goes with its rollout and
+            update sizes (PPO: 32 envs x 128 steps = 4096 frames per update; the others 16). ``config.yaml``
+            records the number used.
         seed: seeds torch, numpy, the envs and the action space; same seed -> identical run.
         net_arch: hidden layer sizes, shared by actor and critic (a list), or SB3's dict form
             (``{"pi": [...], "vf": [...]}`` on-policy, ``{"pi": [...], "qf": [...]}`` off-policy).
@@ -300,8 +301,8 @@ class EvalConfig:
             default market's 4,395 validation bars costs about as much as 2,000-5,000 training steps.
         metric: the validation metric that selects ``best_model.zip``. Trading: a key of
             ``envs.metrics.trade_metrics`` (higher is better, except ``max_drawdown``, compared by
-            magnitude) or ``sharpe_lcb`` (the Sharpe minus one standard error, 0 for a policy that never
-            trades: ``envs.metrics.sharpe_lower_bound``). Execution: ``shortfall_bps``, the mean
+            magnitude) or ``sharpe_lcb`` (the Sharpe minus ``lcb_z`` standard errors, 0 for a policy that
+            never trades: ``envs.metrics.sharpe_lower_bound``). Execution: ``shortfall_bps``, the mean
             implementation shortfall (lower is better). None (the default): ``sharpe_lcb`` for trading,
             ``shortfall_bps`` for execution; ``RunConfig`` fills it in, so ``config.yaml`` records it.
         deterministic: act with the policy's mode (mean action) rather than sampling.
@@ -309,6 +310,12 @@ class EvalConfig:
         exec_starts: execution task only: at most this many arrival bars per evaluated period, evenly
             spaced (each run once per side); None: every valid arrival bar. Bounds the time of a
             validation pass on long data.
+        lcb_z: standard errors ``sharpe_lcb`` subtracts from the validation Sharpe. 2 (one-sided ~2.3 % per
+            checkpoint for a policy without an edge, at most ~9 % over the four trained checkpoints of a
+            default run): with 1 (~16 % each), 5 of 23 no-edge runs kept a checkpoint whose validation
+            Sharpe cleared the bar by luck and lost up to 29 % on test, while the 2-SE bar kept every one of
+            them out and chose the same checkpoint in all 19 runs on the learnable planted market
+            (benchmarks/LEARNING.md, "Selection: two standard errors").
     """
 
     eval_freq: int = 50_000
@@ -316,6 +323,7 @@ class EvalConfig:
     deterministic: bool = True
     save_best: bool = True
     exec_starts: int | None = 256
+    lcb_z: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.eval_freq, bool) or not isinstance(self.eval_freq, int) or self.eval_freq < 0:
@@ -333,6 +341,10 @@ class EvalConfig:
             raise UserError(
                 f"eval.exec_starts must be an integer >= 1 or null (every arrival bar), got {n!r}"
             )
+        z = self.lcb_z
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 <= z < float("inf"):
+            raise UserError(f"eval.lcb_z must be a finite number >= 0 (standard errors), got {z!r}")
+        object.__setattr__(self, "lcb_z", float(z))
 
 
 _FIXED_SECTIONS: dict[str, type] = {

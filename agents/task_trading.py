@@ -24,10 +24,10 @@ __all__ = ["EnvConfig", "EvalReport", "TRADING"]
 
 #: Validation metrics (``trade_metrics`` keys, and ``sharpe_lcb``); the first is the headline of reports.
 TRADING_METRICS = ("sharpe", "sharpe_lcb", "total_return", "sortino", "max_drawdown", "calmar")
-#: The default selection metric: ``envs.metrics.sharpe_lower_bound`` (Sharpe minus one standard error, 0 for
-#: a policy that never trades) is early stopping that can say "no edge": with the validation pass at step 0,
-#: where PPO's initial policy sits inside the no-trade band, a trained checkpoint replaces the flat start only
-#: with a validation edge.
+#: The default selection metric: ``envs.metrics.sharpe_lower_bound`` (Sharpe minus ``eval.lcb_z`` standard
+#: errors, 0 for a policy that never trades) is early stopping that can say "no edge": with the validation
+#: pass at step 0, where PPO's initial policy sits inside the no-trade band, a trained checkpoint replaces the
+#: flat start only with a validation edge.
 SELECT_METRIC = "sharpe_lcb"
 
 
@@ -177,7 +177,8 @@ def _make_validator(env: Any, cfg: Any, start: int) -> Any:
     def validate(act: Any) -> dict[str, Any]:
         # Ranking checkpoints on one period stays sound even where annualizing its ratios is not.
         metrics = run_episode(env, act, start=start, seed=cfg.algo.seed, short_ratios="keep").metrics
-        return {**metrics, "sharpe_lcb": sharpe_lower_bound(metrics)}
+        z = cfg.eval.lcb_z
+        return {**metrics, "sharpe_lcb": sharpe_lower_bound(metrics, z=z), "sharpe_lcb_z": z}
 
     return validate
 
@@ -264,7 +265,8 @@ TRADING = TaskSpec(
     ),
     reference="buy_and_hold",
     best_line=lambda m: (
-        f"Sharpe {m['sharpe']:.2f} (minus one standard error: {m.get('sharpe_lcb', float('nan')):.2f}), "
+        f"Sharpe {m['sharpe']:.2f} (minus {m.get('sharpe_lcb_z', 1.0):g} standard errors: "
+        f"{m.get('sharpe_lcb', float('nan')):.2f}), "
         f"return {m['total_return']:+.2%}, turnover {m.get('turnover', float('nan')):.1f}x"
     ),
     plot_name="equity",

@@ -720,6 +720,11 @@ def test_evaluate_defaults_to_the_model_selected_on_validation(tmp_path):
     assert res.best_eval is not None and "sharpe_lcb" in res.best_eval
     cfg = load_config(run / "config.yaml")
     assert cfg.eval.metric == "sharpe_lcb"  # the trading task's default selection metric
+    # Sharpe minus eval.lcb_z (2 by default) standard errors, 0 for a policy that never trades.
+    from envs.metrics import sharpe_lower_bound
+
+    assert cfg.eval.lcb_z == 2.0 and res.best_eval["sharpe_lcb_z"] == 2.0
+    assert res.best_eval["sharpe_lcb"] == sharpe_lower_bound(res.best_eval, z=2.0)
     evaluate(run)
     assert json.loads((run / "eval.json").read_text())["model"] == "best_model.zip"
     evaluate(run, model="final")

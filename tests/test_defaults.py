@@ -127,3 +127,9 @@ def test_adam_is_fused_and_keeps_sb3_eps(algo):
     plain, defaults = params_after_training({"policy_kwargs": {"optimizer_kwargs": {"fused": False}}})
     assert not defaults["fused"]
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), "2", True])
+def test_lcb_z_must_be_a_finite_number_of_standard_errors(bad):
+    with pytest.raises(UserError, match="eval.lcb_z must be a finite number >= 0"):
+        RunConfig().replace(eval={"lcb_z": bad})
