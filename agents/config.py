@@ -314,7 +314,7 @@ class EvalConfig:
             checkpoint for a policy without an edge, at most ~9 % over the four trained checkpoints of a
             default run): with 1 (~16 % each), 5 of 23 no-edge runs kept a checkpoint whose validation
             Sharpe cleared the bar by luck and lost up to 29 % on test, while the 2-SE bar kept every one of
-            them out and chose the same checkpoint in all 19 runs on the learnable planted market
+            them out and chose the same checkpoint in all 14 runs on the learnable planted market
             (benchmarks/LEARNING.md, "Selection: two standard errors").
     """
 

@@ -49,7 +49,8 @@ class CryptoFuturesExecutionVecEnv(VectorEnv):
     ``s * log(close_t / P0) / sigma_t`` uses numpy's ``log``, which may differ from libm's in the last bit
     (~1e-16 relative, invisible after the float32 cast in practice). `tests/test_execution_vec_env.py`
     checks the batch against N single envs step for step (observations, rewards, infos to 1e-9, equal
-    terminations) through many autoresets. `benchmarks/exec_vec_throughput.py` measures env-steps/s.
+    terminations) through many autoresets. `python -m benchmarks.vec_env_throughput --task execution`
+    measures env-steps/s.
 
     ## Spaces
 
