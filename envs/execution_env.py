@@ -585,7 +585,10 @@ class CryptoFuturesExecutionEnv(gym.Env):
             lo, hi = self._size_range
             draw = lo if lo == hi else float(rng.uniform(lo, hi))
             qty = draw if self._size_kind == "base" else draw * float(self._adv[t0])
-        lots = int(math.floor(qty / self._lot + 1e-9))
+        # Whole lots, rounded down; the tolerance is relative so that a size read back from info
+        # (lots * lot) gives the same lots at any size (an absolute 1e-9 lost a lot above ~3e7 lots).
+        x = qty / self._lot
+        lots = int(math.floor(x + 1e-9 * max(1.0, x)))
         if lots < self._min_lots:
             if "quantity" in options:
                 raise ValueError(

@@ -353,7 +353,8 @@ class CryptoFuturesExecutionVecEnv(VectorEnv):
                 lo, hi = self._size_range
                 draw = np.full(k, lo) if lo == hi else rng.uniform(lo, hi, size=k)
                 qty = draw if self._size_kind == "base" else draw * self._adv[t0]
-        lots = np.floor(qty / self._lot + 1e-9).astype(np.int64)
+        x = qty / self._lot  # the single env's rounding to whole lots (relative tolerance), per entry
+        lots = np.floor(x + 1e-9 * np.maximum(1.0, x)).astype(np.int64)
         small = lots < self._min_lots
         if _any(small):
             if pinned.get("quantity") is not None:

@@ -448,3 +448,21 @@ def test_funding_is_paid_by_the_executed_position_held_at_the_settlement():
     # A sell pays the negative of that (a short receives positive funding).
     _, _, infos = run(env, [0.25, 1 / 3, 0.5, 1.0], options={"start": 29, "side": "sell"})
     assert infos[-1]["execution"]["funding_quote"] == pytest.approx(-0.4)
+
+
+@pytest.mark.parametrize("lots", [3, 12_345_679, 32_768_132, 32_774_971])
+def test_a_size_read_back_from_info_gives_the_same_lots(lots):
+    """``reset(options={"quantity": info["quantity"]})`` repeats the order at any size: ``lots * lot / lot``
+    falls a few ulp short of ``lots`` for large orders (32,768,132 lots of 0.001 did), which an absolute
+    rounding tolerance turned into one lot less."""
+    from envs import CryptoFuturesExecutionVecEnv
+
+    env = CryptoFuturesExecutionEnv("btcusdt-perp-1h-2025")
+    lot = env.execution.lot_size
+    _, info = env.reset(seed=0, options={"quantity": lots * lot})
+    assert round(info["quantity"] / lot) == lots
+    _, again = env.reset(seed=0, options={"quantity": info["quantity"]})
+    assert again["quantity"] == info["quantity"]
+    vec = CryptoFuturesExecutionVecEnv("btcusdt-perp-1h-2025", num_envs=2)
+    _, vinfo = vec.reset(seed=0, options={"quantity": lots * lot})
+    assert np.all(vinfo["quantity"] == info["quantity"])

@@ -52,16 +52,12 @@ def daily():
 
 
 def _replay(infos, i):
-    """Reset options pinning a single env to sub-env ``i``'s episode (drawn by the vec env's np_random).
-
-    The quantity is pinned half a lot above the parent size: the single env rounds ``quantity / lot + 1e-9``
-    down, and ``lots * lot / lot`` may fall a few ulp short of ``lots`` on large orders.
-    """
-    lots = round(float(infos["quantity"][i]) / LOT)
+    """Reset options pinning a single env to sub-env ``i``'s episode (drawn by the vec env's np_random): the
+    parent size as reported in ``info`` (lots x lot) reads back as the same lots."""
     return {
         "start": int(infos["bar_index"][i]),
         "side": int(infos["side"][i]),
-        "quantity": (lots + 0.5) * LOT,
+        "quantity": float(infos["quantity"][i]),
     }
 
 
