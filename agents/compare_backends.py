@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -45,13 +46,29 @@ class Backend(Protocol):
         ...
 
 
-def worker_init(runner: Runner | None = None) -> None:
-    """Set up a worker process before its first run: one BLAS/OpenMP thread, the training stack imported."""
+def worker_init(runner: Runner | None = None, showwarning: Callable[..., None] | None = None) -> None:
+    """Set up a worker process before its first run: one BLAS/OpenMP thread, the training stack imported,
+    and the parent's way of showing warnings (a spawned process starts with Python's own: the CLI's one-line
+    ``warning:`` format, each message once per worker, would otherwise become a traceback-style pair of lines
+    per run)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+    if showwarning is not None:
+        warnings.showwarning = showwarning
     warmup(runner)
+
+
+def _shippable_showwarning() -> Callable[..., None] | None:
+    """``warnings.showwarning`` if a spawned worker can receive it (a module-level function), else None."""
+    import pickle
+
+    try:
+        pickle.dumps(warnings.showwarning)
+    except Exception:  # a lambda or closure installed by the caller: workers keep Python's default
+        return None
+    return warnings.showwarning
 
 
 def warmup(runner: Runner | None) -> None:
@@ -109,7 +126,7 @@ class ProcessBackend:
             max_workers=self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=worker_init,
-            initargs=(self.runner,),
+            initargs=(self.runner, _shippable_showwarning()),
         ) as pool:
             futs: dict[Future, RunJob] = {pool.submit(execute_job, j, out_dir, self.runner): j for j in jobs}
             for fut in as_completed(futs):

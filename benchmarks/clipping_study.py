@@ -81,6 +81,23 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
             "--clips", "none,norm:max_norm=0.5,zclip", "--reward-scale", "100",
         ],
     ),
+    "ppo-planted-adaptive": (
+        "claim 3 for every adaptive clipper where there is something to learn (session 4's defaults: 32 envs "
+        "x 128 steps, fused Adam)",
+        [
+            "--algo", "ppo", "--data", PLANTED, "--timesteps", "50000",
+            "--clips", "none,autoclip,agc,quantile,zclip",
+        ],
+    ),
+    "ppo-jump-sgd-adaptive": (
+        "claim 1 for every adaptive clipper under stress: the spiky market, plain SGD at a learning rate of "
+        "0.01 (session 4's defaults otherwise)",
+        [
+            "--algo", "ppo", "--data", JUMP, "--timesteps", "50000",
+            "--clips", "none,autoclip,agc,quantile,zclip",
+            "--lr", "0.01", "--optimizer", "sgd",
+        ],
+    ),
 }
 #: Claim 4: nested walk-forward calibration of zclip's z_thresh and alpha (``train.py tune``) on the planted
 #: market, the tuned setting against the untuned zclip ("default") and "none" on the outer test periods.
@@ -217,6 +234,29 @@ def verdicts(frames: dict[str, pd.DataFrame]) -> list[str]:
                     "the better fixed threshold)."
                 )
             )
+    if "ppo-planted-adaptive" in frames:
+        t = next(iter(_arm_tables(frames["ppo-planted-adaptive"], "sharpe").values()), None)
+        if t is not None:
+            others = [c for c in t["clip"] if c != "none"]
+            better = [c for c in others if _cell(t, c, "p_holm") < 0.05 and _cell(t, c, "delta") > 0]
+            lines.append(
+                "**Claim 3, every adaptive clipper (`ppo-planted-adaptive`).** Rule: supported if one of "
+                "them is significantly better than `none` (Holm p < 0.05). "
+                + "; ".join(
+                    f"`{c}` Δ Sharpe {_cell(t, c, 'delta'):+.2f} [{_cell(t, c, 'delta_low'):+.2f}, "
+                    f"{_cell(t, c, 'delta_high'):+.2f}], P(improve) {_cell(t, c, 'poi'):.2f}, Holm p "
+                    f"{_cell(t, c, 'p_holm'):.3f}"
+                    for c in others
+                )
+                + "; IQM test Sharpe: "
+                + ", ".join(f"`{c}` {_cell(t, c, 'iqm'):.2f}" for c in t["clip"])
+                + ". Verdict: "
+                + (
+                    f"**supported** for {', '.join(f'`{c}`' for c in better)}."
+                    if better
+                    else "**not supported here**: no adaptive clipper beat `none` significantly."
+                )
+            )
     tune = frames.get("tune-zclip-planted")
     if tune is not None and "arm" in tune and {"tuned", "default"} <= set(tune["arm"]):
         from agents.compare_report import paired_report
@@ -281,14 +321,17 @@ def write_results(args: argparse.Namespace, walls: dict[str, float]) -> str:
     head = (
         f"## Clipping study (`benchmarks/clipping_study.py`)\n\n"
         f"Finished {stamp}. Machine: {_machine()}.\n\n"
-        f"Setup: PPO with the CLI defaults (16 batched envs, 4,096-frame rollouts, reward normalization, 2x "
+        f"Setup: PPO with the CLI defaults (4,096-frame rollouts from 16 batched envs x 256 steps in the "
+        "session-3 cells, 32 x 128 with fused Adam in the `-adaptive` cells of session 4; reward "
+        "normalization, 2x "
         "training costs, deadband 0.2) but fewer steps per run than the default 200k (see each command: the "
         f"grid has to fit two cores), {args.seeds} seeds x {args.folds} expanding walk-forward folds per "
         "cell; each run's *final* model (no validation, so no early stopping to mask differences) is "
         "evaluated deterministically on its fold's test period after all costs. The same clipper is used "
         "for the policy and the value update. Pairs: same seed, same fold (and same arm).\n\n"
-        "**Not run** (time): SAC; the real market; AutoClip/AGC/quantile in this grid. The grid is the "
-        "largest that fit the session (~570 runs on two shared cores), not the issue's full design."
+        "**Not run** (time): SAC; the real market; AutoClip/AGC/quantile only in the two `-adaptive` "
+        "cells. The grid is the largest that fit the sessions (~870 runs on two shared cores), not the "
+        "issue's full design."
     )
     section = "\n\n".join([head, "### Verdicts", *verdicts(frames), *parts])
     path = Path(args.results)

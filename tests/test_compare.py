@@ -783,3 +783,27 @@ def test_gradient_norm_against_market_stress_correlation(tmp_path):
     out = loss_and_validation_stability(read_progress(tmp_path))
     assert out["grad_return_corr_value"] == pytest.approx(1.0)
     assert out["grad_return_corr_policy"] == pytest.approx(-1.0)
+
+
+def test_workers_show_warnings_the_way_the_parent_does(monkeypatch):
+    """Spawned compare workers get the parent's ``warnings.showwarning`` (the CLI's one-line format) when it
+    can be shipped to them, and keep Python's default when it cannot (a closure)."""
+    import warnings
+
+    from agents import cli
+    from agents.compare_backends import _shippable_showwarning, worker_init
+
+    monkeypatch.setattr(warnings, "showwarning", cli._one_line_warning)
+    assert _shippable_showwarning() is cli._one_line_warning
+    monkeypatch.setattr(warnings, "showwarning", lambda *a, **k: None)
+    assert _shippable_showwarning() is None
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # worker_init sets them: restored after the test
+    threads = torch.get_num_threads()
+    try:
+        worker_init(None, cli._one_line_warning)
+        assert warnings.showwarning is cli._one_line_warning
+    finally:
+        torch.set_num_threads(threads)
