@@ -316,7 +316,9 @@ def write_results(args: argparse.Namespace, walls: dict[str, float]) -> str:
         summary = folder / "summary.md"
         if summary.is_file():
             text = summary.read_text()
-            parts.append(text.replace("\n# ", "\n#### ").replace("\n## ", "\n#### "))
+            text = ("\n" + text).replace("\n# ", "\n#### ").replace("\n## ", "\n#### ")
+            # The figures sit next to summary.md in the (ignored) run folder, not next to RESULTS.md.
+            parts.append("\n".join(line for line in text.strip().split("\n") if not line.startswith("![")))
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = (
         f"## Clipping study (`benchmarks/clipping_study.py`)\n\n"
