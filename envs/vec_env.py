@@ -673,7 +673,10 @@ class CryptoFuturesVecEnv(VectorEnv):
         # One gather for the bar data: rows of self._mkt are open, high, low, close, volume, volume with
         # zeros replaced, funding settled at bar j's open and later inside it, then bar t's close and
         # impact_coef * sigma_t (the impact scale; the product is the one the single env computes).
-        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, isig = self._mkt.take(j, axis=0, mode="clip").T
+        # The transposed gather is copied to contiguous rows: every later operation on these ten columns then
+        # runs on contiguous memory (on strided views the step was ~20 % slower, measured).
+        bars = np.ascontiguousarray(self._mkt.take(j, axis=0, mode="clip").T)
+        o, hi, lo, c, vol, vol_safe, rate, rate_in, close_t, isig = bars
 
         # 1. order from the target (sized with bar t's close and equity), dead-band, lots, min_qty.
         max_notional = self.leverage * equity_t
