@@ -85,8 +85,10 @@ def _record_failure(store: ResultStore, job: RunJob, error: str) -> dict[str, An
     return row
 
 
-def _isolated_main(job: RunJob, out_dir: str, runner: Runner) -> None:
-    worker_init(runner)
+def _isolated_main(
+    job: RunJob, out_dir: str, runner: Runner, showwarning: Callable[..., None] | None = None
+) -> None:
+    worker_init(runner, showwarning)
     execute_job(job, out_dir, runner)
 
 
@@ -163,7 +165,7 @@ class ProcessBackend:
         def one(job: RunJob) -> dict[str, Any]:
             proc = ctx.Process(
                 target=_isolated_main,
-                args=(job, str(self.store.out_dir), self.runner),
+                args=(job, str(self.store.out_dir), self.runner, _shippable_showwarning()),
                 name=f"compare-{job.name}",
             )
             proc.start()
