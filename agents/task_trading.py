@@ -130,12 +130,16 @@ class EvalReport:
 
     def plot(self, path: Path) -> np.ndarray:
         fig, ax = new_figure((9, 4.5))
-        n = len(self.equity)
         index = self.index if self.index is not None else []
-        x = index[:n] if len(index) >= n else np.arange(n)
-        ax.plot(x, self.equity[: len(x)], label="agent", linewidth=1.6)
+
+        def xs(n: int) -> Any:
+            return index[:n] if len(index) >= n else np.arange(n)
+
+        # Each curve on its own length: an episode that ends early (a liquidated baseline or agent) has a
+        # shorter curve than the period.
+        ax.plot(xs(len(self.equity)), self.equity, label="agent", linewidth=1.6)
         for name, eq in self.baseline_equity.items():
-            ax.plot(x, eq[: len(x)], label=name.replace("_", "-"), linewidth=1.0, alpha=0.8)
+            ax.plot(xs(len(eq)), eq, label=name.replace("_", "-"), linewidth=1.0, alpha=0.8)
         ax.set_title(f"equity on the {self.split} period (bars {self.period[0]}-{self.period[1]})")
         ax.set_ylabel("equity (USDT)")
         ax.legend(loc="best")

@@ -318,3 +318,25 @@ def test_progress_bar_total_is_the_steps_learn_will_take(algo, hp, n_envs, reque
     assert planned_steps(cm.model, requested) == expected
     cm.model.learn(requested)
     assert cm.model.num_timesteps == expected
+
+
+def test_equity_plot_takes_curves_of_different_lengths(tmp_path):
+    """A baseline (or the agent) liquidated before the period's end has a shorter equity curve; the plot
+    draws each curve on its own length (it raised and failed every compare run of that fold)."""
+    import numpy as np
+    import pandas as pd
+
+    from agents.task_trading import EvalReport
+
+    metrics = {"total_return": 0.0, "sharpe": 0.0, "max_drawdown": 0.0, "fees": 0.0, "liquidations": 0}
+    index = pd.date_range("2024-01-01", periods=11, freq="h", tz="UTC")
+    report = EvalReport(
+        metrics,
+        {"buy_and_hold": dict(metrics)},
+        np.zeros(10),
+        np.linspace(1e4, 1.1e4, 11),
+        baseline_equity={"buy_and_hold": np.linspace(1e4, 0.0, 6)},
+        index=index,
+    )
+    report.plot(tmp_path / "equity.png")
+    assert (tmp_path / "equity.png").stat().st_size > 0
