@@ -258,7 +258,7 @@ def _box_panel(ax: Any, df: pd.DataFrame, order: list[str], metric: str, referen
         x = (
             pd.to_numeric(ok.loc[ok["clip"] == name, f"test_{metric}"], errors="coerce")
             if len(ok) and f"test_{metric}" in ok
-            else pd.Series()
+            else pd.Series(dtype=float)
         )
         data.append(x[np.isfinite(x)].to_numpy(dtype=float))
     ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=False)

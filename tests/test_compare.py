@@ -807,3 +807,16 @@ def test_workers_show_warnings_the_way_the_parent_does(monkeypatch):
         assert warnings.showwarning is cli._one_line_warning
     finally:
         torch.set_num_threads(threads)
+
+
+def test_plot_of_a_compare_where_every_run_failed(tmp_path):
+    """No finished run: the plot is drawn empty instead of failing on an object-dtype column."""
+    from agents.compare_report import plot_metric
+
+    df = pd.DataFrame(
+        {"clip": ["none", "zclip"], "status": ["failed", "failed"], "test_sharpe": [None, None]}
+    )
+    path = plot_metric(df, tmp_path / "test_sharpe.png", order=["none", "zclip"])
+    assert path.is_file()
+    df = df.drop(columns="test_sharpe")  # and a results.csv without the metric column at all
+    assert plot_metric(df, tmp_path / "again.png", order=["none", "zclip"]).is_file()
