@@ -30,6 +30,7 @@ __all__ = [
     "INFO_KEYS",
     "SUMMARY_KEYS",
     "capped_quantity",
+    "parent_lots",
 ]
 
 #: Accepted values of ``side``.
@@ -107,6 +108,17 @@ def capped_quantity(lots: int, volume: float, max_participation: float | None, l
     if max_participation is None:
         return lots
     return min(lots, int(math.floor(max_participation * volume / lot_size + 1e-9)))
+
+
+def parent_lots(qty: float | np.ndarray, lot_size: float) -> np.ndarray:
+    """Whole lots in a parent size (one or an array), rounded down: the single and the batched env's rule.
+
+    The tolerance is relative so that a size read back from ``info["quantity"]`` (lots x lot) gives the same
+    lots at any size: ``lots * lot / lot`` can fall a few ulp short of ``lots``, which an absolute ``1e-9``
+    turned into one lot less above ~3e7 lots.
+    """
+    x = np.divide(qty, lot_size)
+    return np.floor(x + 1e-9 * np.maximum(1.0, x))
 
 
 def _size_range(name: str, value: float | Sequence[float]) -> tuple[float, float]:
@@ -585,10 +597,7 @@ class CryptoFuturesExecutionEnv(gym.Env):
             lo, hi = self._size_range
             draw = lo if lo == hi else float(rng.uniform(lo, hi))
             qty = draw if self._size_kind == "base" else draw * float(self._adv[t0])
-        # Whole lots, rounded down; the tolerance is relative so that a size read back from info
-        # (lots * lot) gives the same lots at any size (an absolute 1e-9 lost a lot above ~3e7 lots).
-        x = qty / self._lot
-        lots = int(math.floor(x + 1e-9 * max(1.0, x)))
+        lots = int(parent_lots(qty, self._lot))
         if lots < self._min_lots:
             if "quantity" in options:
                 raise ValueError(

@@ -13,7 +13,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.contract import ExecutionConfig
-from envs.execution_env import _EPS, INFO_KEYS, OBS_NAMES, SUMMARY_KEYS, CryptoFuturesExecutionEnv
+from envs.execution_env import (
+    _EPS,
+    INFO_KEYS,
+    OBS_NAMES,
+    SUMMARY_KEYS,
+    CryptoFuturesExecutionEnv,
+    parent_lots,
+)
 from envs.market import MarketData
 
 __all__ = ["CryptoFuturesExecutionVecEnv"]
@@ -353,8 +360,7 @@ class CryptoFuturesExecutionVecEnv(VectorEnv):
                 lo, hi = self._size_range
                 draw = np.full(k, lo) if lo == hi else rng.uniform(lo, hi, size=k)
                 qty = draw if self._size_kind == "base" else draw * self._adv[t0]
-        x = qty / self._lot  # the single env's rounding to whole lots (relative tolerance), per entry
-        lots = np.floor(x + 1e-9 * np.maximum(1.0, x)).astype(np.int64)
+        lots = parent_lots(qty, self._lot).astype(np.int64)
         small = lots < self._min_lots
         if _any(small):
             if pinned.get("quantity") is not None:
