@@ -223,7 +223,7 @@ def _constructor_kwargs(algo: AlgoConfig, clip: ClipConfig, n_actions: int) -> d
         if "foreach" not in kw and str(algo.device).split(":")[0] in ("cpu", "cuda", "auto"):
             # torch's fused Adam: the same update in one kernel over all parameters. On CPU torch otherwise
             # runs a Python loop over the parameters (~0.5 ms per step for PPO's two 64x64 MLPs, 0.1 ms
-            # fused); results agree to float32 rounding (tests/test_agents.py).
+            # fused); results agree to float32 rounding (tests/test_defaults.py).
             kw.setdefault("fused", True)
         policy_kwargs["optimizer_kwargs"] = kw
     hp["policy_kwargs"] = policy_kwargs

@@ -383,7 +383,7 @@ def _fast_act(
     The arithmetic is ``BasePolicy.predict``'s: ``_predict`` under ``no_grad``, then ``unscale_action`` for
     squashed Box actions (SAC), clipping to the bounds otherwise; ``tests/test_agents.py`` checks the actions
     equal ``predict``'s. Deterministic actions of plain MLP policies skip torch altogether
-    (``agents.numpy_policy.numpy_actor``: ~10x faster for one observation, equal to float32 rounding).
+    (``agents.numpy_policy.numpy_actor``: ~8x faster for one observation, equal to float32 rounding).
     """
     import torch
     from gymnasium import spaces
